@@ -1,0 +1,281 @@
+"""Building blocks of MobileNet v1: depthwise and pointwise convolutions, BatchNorm, the block.
+
+Every module here is plain Flax linen and knows nothing of training, data or PyTorch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+PADDINGS = ("torch", "same")
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"relu": nn.relu, "relu6": nn.relu6}
+DEPTHWISE_IMPLS = ("conv", "shifted", "auto")
+
+
+def _choose(name: str, value: str, allowed: Sequence[str]) -> str:
+    """Return `value` if allowed, else raise an error naming the field and the choices."""
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def check_padding(padding: str) -> str:
+    """Validate a padding convention name."""
+    return _choose("padding", padding, PADDINGS)
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """The activation function called `name` ("relu" or "relu6")."""
+    return ACTIVATIONS[_choose("activation", name, tuple(ACTIVATIONS))]
+
+
+def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
+    """Map "auto" to the depthwise implementation that is fastest on `backend`.
+
+    On CPU the shifted form is ~10x faster than XLA's grouped convolution (BENCHMARKS.md). TPUs
+    have native depthwise support in XLA, so the canonical convolution stays there. On GPU XLA's
+    grouped-convolution backward pass is known to be slow (jax#13800) while the shifted form fuses
+    into elementwise loops; that choice is reasoned, not yet measured.
+    """
+    _choose("depthwise_impl", impl, DEPTHWISE_IMPLS)
+    if impl != "auto":
+        return impl
+    backend = backend or jax.default_backend()
+    return "conv" if backend == "tpu" else "shifted"
+
+
+def conv_padding(
+    size: tuple[int, int], kernel: int, stride: int, padding: str
+) -> Padding:
+    """Explicit (low, high) padding per spatial axis for a `kernel` x `kernel` convolution.
+
+    "torch" pads (k // 2) on both sides at any stride, like `nn.Conv2d(padding=1)`. "same" is
+    TensorFlow's SAME rule: the total padding is split with the extra pixel at the end, so a
+    stride-2 3x3 conv on an even size pads (0, 1).
+    """
+    if check_padding(padding) == "torch":
+        return ((kernel // 2, kernel // 2),) * 2
+
+    def same(n: int) -> tuple[int, int]:
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        return (total // 2, total - total // 2)
+
+    return (same(size[0]), same(size[1]))
+
+
+def depthwise_conv_grouped(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
+    """3x3 depthwise convolution as XLA's grouped convolution (`feature_group_count`)."""
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=padding,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
+
+
+def shifted_windows(x: Array, kernel_size: int, stride: int, padding: Padding) -> list[Array]:
+    """The k*k strided views of padded `x` that meet kernel tap (i, j), in row-major tap order.
+
+    Window (i, j) holds, at every output pixel, the input value that tap (i, j) multiplies, so a
+    convolution is a sum (depthwise) or a concatenation then GEMM (full) over these views.
+    """
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    n, hp, wp, c = xp.shape
+    out_h = (hp - kernel_size) // stride + 1
+    out_w = (wp - kernel_size) // stride + 1
+    return [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(kernel_size)
+        for j in range(kernel_size)
+    ]
+
+
+def depthwise_conv_shifted(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
+    """The same convolution as a sum of shifted (strided) slices times the kernel taps.
+
+    XLA fuses this into one elementwise loop over the output (and its transpose into another
+    for the backward pass), which on CPU is far faster than its grouped-convolution kernels.
+    """
+    taps = kernel.reshape(-1, x.shape[-1])
+    windows = shifted_windows(x, kernel.shape[0], stride, padding)
+    out = windows[0] * taps[0]
+    for window, tap in zip(windows[1:], taps[1:]):
+        out = out + window * tap
+    return out
+
+
+DEPTHWISE_FNS = {"conv": depthwise_conv_grouped, "shifted": depthwise_conv_shifted}
+
+
+class DepthwiseConv(nn.Module):
+    """Bias-free depthwise convolution, kernel (kh, kw, 1, C) as in `nn.Conv` with groups = C.
+
+    `impl` chooses how XLA computes it; every implementation uses the same parameter, so
+    variables are interchangeable between them.
+    """
+
+    kernel_size: int = 3
+    stride: int = 1
+    padding: str = "torch"
+    impl: str = "auto"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        channels = x.shape[-1]
+        kernel = self.param(
+            "kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype
+        )
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        pad = conv_padding(x.shape[1:3], self.kernel_size, self.stride, self.padding)
+        return DEPTHWISE_FNS[resolve_depthwise_impl(self.impl)](x, kernel, self.stride, pad)
+
+
+class PointwiseConv(nn.Module):
+    """Bias-free 1x1 convolution, kernel (1, 1, C_in, C_out) as in `nn.Conv`.
+
+    Computed as a matrix product over the channel axis, which XLA lowers to one GEMM on every
+    backend (its convolution path is slower for 1x1 kernels on CPU).
+    """
+
+    features: int
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        return jnp.einsum("nhwc,co->nhwo", x, kernel[0, 0])
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over N, H, W with the variable layout of `nn.BatchNorm`.
+
+    `momentum` follows Flax: running = momentum * running + (1 - momentum) * batch, so PyTorch's
+    momentum 0.1 is 0.9 here. With `unbiased_running_var` (the PyTorch convention, default) the
+    running variance stores the batch variance times n / (n - 1), n = elements per channel over
+    the whole (possibly cross-device) batch; normalisation always uses the biased variance.
+    Statistics are computed in float32 whatever the computation dtype. With `axis_name` the
+    batch statistics are averaged over that mapped axis (synchronised BatchNorm).
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    unbiased_running_var: bool = True
+    axis_name: str | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        features = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if train:
+            mean, var, count = self._batch_moments(x)
+            if not self.is_initializing():
+                correction = count / (count - 1) if self.unbiased_running_var else 1.0
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * correction
+        else:
+            mean, var = ra_mean.value, ra_var.value
+
+        # Fold normalisation and affine into one multiply-add per element.
+        mul = scale.astype(jnp.float32) * lax.rsqrt(var + self.epsilon)
+        add = bias.astype(jnp.float32) - mean * mul
+        dtype = self.dtype or x.dtype
+        return x * mul.astype(dtype) + add.astype(dtype)
+
+    def _batch_moments(self, x: Array) -> tuple[Array, Array, float]:
+        """Mean, biased variance and element count per channel, across `axis_name` if set."""
+        x32 = x.astype(jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        mean = jnp.mean(x32, axes)
+        mean_sq = jnp.mean(jnp.square(x32), axes)
+        count = float(x.size // x.shape[-1])
+        if self.axis_name is not None and not self.is_initializing():
+            mean, mean_sq = lax.pmean((mean, mean_sq), self.axis_name)
+            count = count * lax.psum(1, self.axis_name)
+        var = jnp.maximum(mean_sq - jnp.square(mean), 0.0)
+        return mean, var, count
+
+
+class ConvBNAct(nn.Module):
+    """A bias-free convolution, BatchNorm and activation: the unit every MobileNet layer uses."""
+
+    conv: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+    activation: Callable[[Array], Array]
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        x = self.conv(name="conv")(x)
+        x = self.norm(name="bn")(x, train=train)
+        return self.activation(x)
+
+
+class StemConv(nn.Module):
+    """The full 3x3 stride-2 convolution on the input image, kernel (3, 3, C_in, C_out).
+
+    With 3 input channels the window has only 27 values per output pixel, so it is computed as
+    an explicit patch matrix (27 wide) times the kernel: one GEMM, whose gradient is another.
+    """
+
+    features: int
+    stride: int = 2
+    kernel_size: int = 3
+    padding: str = "torch"
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        k, s = self.kernel_size, self.stride
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        pad = conv_padding(x.shape[1:3], k, s, self.padding)
+        patches = jnp.concatenate(shifted_windows(x, k, s, pad), axis=-1)
+        # Patches are ordered (kh, kw, C_in), the order of the kernel's leading axes.
+        return jnp.einsum("nhwp,po->nhwo", patches, kernel.reshape(-1, self.features))
+
+
+class DepthwiseSeparable(nn.Module):
+    """Depthwise 3x3 conv (carrying the stride), then pointwise 1x1 conv, each with BN + act."""
+
+    features: int
+    stride: int
+    depthwise: Callable[..., nn.Module]
+    pointwise: Callable[..., nn.Module]
+    norm: Callable[..., nn.Module]
+    activation: Callable[[Array], Array]
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        unit = functools.partial(ConvBNAct, norm=self.norm, activation=self.activation)
+        x = unit(functools.partial(self.depthwise, stride=self.stride), name="depthwise")(x, train)
+        return unit(functools.partial(self.pointwise, features=self.features), name="pointwise")(x, train)

@@ -1,0 +1,156 @@
+"""MobileNet v1 (Howard et al., 2017) as a Flax linen module, and the paper's named variants."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mobilenet_jax import layers
+
+Array = jax.Array
+
+STEM_CHANNELS = 32
+# (output channels, stride of the depthwise conv) of blocks 1..13, paper Table 1. The paper
+# prints stride 2 for block 13: a known typo, every implementation uses 1 (7x7 output at 224).
+BLOCKS: tuple[tuple[int, int], ...] = (
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
+    (1024, 2), (1024, 1),
+)
+# Backbone endpoints: the last feature map at each output stride, by the block that makes it.
+ENDPOINT_BLOCKS = {"stride_2": 1, "stride_4": 3, "stride_8": 5, "stride_16": 11, "stride_32": 13}
+MIN_INPUT_SIZE = 32
+
+
+def scaled_channels(channels: int, alpha: float, min_depth: int = 8) -> int:
+    """Channels under width multiplier `alpha`: TF-Slim's max(int(c * alpha), min_depth)."""
+    return max(int(channels * alpha), min_depth)
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1: a 3x3 stem, 13 depthwise-separable blocks, global average pool, classifier.
+
+    Defaults equal the PyTorch reference (`torch_reference.TorchMobileNetV1`): ReLU, symmetric
+    padding 1, BatchNorm eps 1e-5 and momentum 0.9 (Flax convention; PyTorch's 0.1). Inputs are
+    NHWC images of any size >= 32. `num_classes=0` returns the pooled 1024 * alpha features.
+    With `return_endpoints=True` the call returns `(output, endpoints)`, endpoints mapping
+    "stride_2" ... "stride_32" to the last feature map at that output stride, for backbones.
+    """
+
+    num_classes: int = 1000
+    alpha: float = 1.0
+    min_depth: int = 8
+    dropout_rate: float = 0.0
+    activation: str = "relu"
+    padding: str = "torch"
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    bn_axis_name: str | None = None
+    depthwise_impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 returns pooled features), got {self.num_classes}")
+        if self.min_depth < 1:
+            raise ValueError(f"min_depth must be >= 1, got {self.min_depth}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if not 0.0 <= self.bn_momentum < 1.0:
+            raise ValueError(
+                f"bn_momentum must be in [0, 1) (Flax convention: 1 - PyTorch momentum), got {self.bn_momentum}"
+            )
+        layers.activation_fn(self.activation)
+        layers.check_padding(self.padding)
+        layers.resolve_depthwise_impl(self.depthwise_impl)
+        super().__post_init__()
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features that feed the classifier."""
+        return scaled_channels(BLOCKS[-1][0], self.alpha, self.min_depth)
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False, return_endpoints: bool = False):
+        check_input(x)
+        width = functools.partial(scaled_channels, alpha=self.alpha, min_depth=self.min_depth)
+        precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = functools.partial(
+            layers.BatchNorm,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            axis_name=self.bn_axis_name,
+            **precision,
+        )
+        activation = layers.activation_fn(self.activation)
+        stem = functools.partial(layers.StemConv, features=width(STEM_CHANNELS), padding=self.padding, **precision)
+        depthwise = functools.partial(
+            layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **precision
+        )
+        pointwise = functools.partial(layers.PointwiseConv, **precision)
+
+        x = layers.ConvBNAct(stem, norm, activation, name="stem")(x, train)
+        endpoints = {}
+        for index, (channels, stride) in enumerate(BLOCKS, start=1):
+            x = layers.DepthwiseSeparable(
+                width(channels), stride, depthwise, pointwise, norm, activation, name=f"block{index}"
+            )(x, train)
+            endpoints.update({name: x for name, block in ENDPOINT_BLOCKS.items() if block == index})
+
+        x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        if self.num_classes:
+            x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            x = nn.Dense(self.num_classes, name="classifier", **precision)(x)
+            x = x.astype(jnp.float32)
+        return (x, endpoints) if return_endpoints else x
+
+
+def check_input(x: Array) -> None:
+    """Raise a ValueError unless `x` is an NHWC batch of RGB images at least 32 pixels a side."""
+    if x.ndim != 4:
+        raise ValueError(f"expected NHWC images of rank 4, got shape {tuple(x.shape)}; add a batch axis")
+    if x.shape[-1] != 3:
+        raise ValueError(
+            f"expected 3 channels last (NHWC), got shape {tuple(x.shape)}; transpose NCHW with (0, 2, 3, 1)"
+        )
+    if min(x.shape[1:3]) < MIN_INPUT_SIZE:
+        raise ValueError(f"input height and width must be >= {MIN_INPUT_SIZE}, got {tuple(x.shape[1:3])}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A named member of the paper's family: width multiplier and default input resolution."""
+
+    name: str
+    alpha: float
+    resolution: int
+
+
+def _variant(alpha: float, resolution: int) -> Variant:
+    """The paper's variant at `alpha` and `resolution`, named like timm: alpha as a percentage."""
+    return Variant(f"mobilenet_v1_{round(alpha * 100):03d}_{resolution}", alpha, resolution)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v for v in (_variant(a, r) for a in (1.0, 0.75, 0.5, 0.25) for r in (224, 192, 160, 128))
+}
+
+
+def get_variant(name: str) -> Variant:
+    """The variant called `name`, e.g. "mobilenet_v1_075_160" (alpha 0.75 at 160 x 160)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; choose one of {sorted(VARIANTS)}")
+    return VARIANTS[name]
+
+
+def create_model(name: str, **kwargs: Any) -> MobileNetV1:
+    """A MobileNetV1 for the named variant; `kwargs` set any other field (num_classes, dtype...)."""
+    return MobileNetV1(alpha=get_variant(name).alpha, **kwargs)
