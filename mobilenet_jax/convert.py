@@ -79,7 +79,8 @@ def torch_to_flax(state_dict: Mapping[str, Any], model: MobileNetV1 | None = Non
         key = _torch_key(path, len(shape))
         if key not in state_dict:
             raise KeyError(f"state_dict is missing {key!r} (Flax {'/'.join(path)}, shape {shape})")
-        value = np.asarray(state_dict[key].detach().cpu(), np.float32)
+        # A copy: numpy would otherwise alias tensors that PyTorch later updates in place.
+        value = np.array(state_dict[key].detach().cpu(), np.float32, copy=True)
         if value.ndim == len(shape):
             value = _TO_FLAX_LAYOUT[value.ndim](value)
         if value.shape != shape:

@@ -64,3 +64,28 @@ class TorchMobileNetV1(nn.Module):
         x = self.blocks(self.stem(x))
         x = x.mean(dim=(2, 3))
         return self.classifier(self.dropout(x))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int) -> None:
+    """Move every BatchNorm's scale, bias, running mean and variance away from their defaults.
+
+    Fresh BatchNorms are an identity in eval mode, which would hide layout or convention errors
+    from an equivalence check.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(0.5 + torch.rand(n, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(n, generator=gen))
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+
+
+def random_reference(seed: int = 0, **kwargs) -> TorchMobileNetV1:
+    """A TorchMobileNetV1 with seeded random weights and randomized BatchNorm (see above)."""
+    torch.manual_seed(seed)
+    model = TorchMobileNetV1(**kwargs)
+    randomize_batchnorm(model, seed)
+    return model

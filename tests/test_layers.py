@@ -1,0 +1,137 @@
+"""Each layer implementation against XLA's canonical convolution and hand-computed values."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from mobilenet_jax import layers
+
+
+def rand(seed: int, *shape: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def lax_conv(x, kernel, stride, padding, groups=1):
+    """XLA's own convolution, the reference for every other formulation."""
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups, precision=lax.Precision.HIGHEST,
+    )
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", ["torch", "same"])
+@pytest.mark.parametrize("size", [(8, 8), (9, 7), (15, 16)])
+def test_depthwise_implementations_agree_in_value_and_gradients(stride, padding, size):
+    x, kernel = rand(0, 2, *size, 5), rand(1, 3, 3, 1, 5)
+    pad = layers.conv_padding(size, 3, stride, padding)
+
+    def loss(fn, x, kernel):
+        out = fn(x, kernel, stride, pad)
+        return jnp.sum(out * rand(2, *out.shape)), out
+
+    results = {}
+    for impl, fn in layers.DEPTHWISE_FNS.items():
+        (_, out), grads = jax.value_and_grad(lambda x, k: loss(fn, x, k), argnums=(0, 1), has_aux=True)(x, kernel)
+        results[impl] = (out, *grads)
+    reference = lax_conv(x, kernel, stride, pad, groups=5)
+    np.testing.assert_allclose(results["conv"][0], reference, rtol=1e-5, atol=1e-5)
+    for a, b in zip(results["conv"], results["shifted"]):
+        # Gradients sum many products in different orders: compare against their own scale.
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [8, 9, 224])
+def test_same_padding_equals_tensorflow_same(stride, size):
+    x, kernel = rand(0, 1, size, size, 4), rand(1, 3, 3, 1, 4)
+    pad = layers.conv_padding((size, size), 3, stride, "same")
+    ours = layers.depthwise_conv_shifted(x, kernel, stride, pad)
+    np.testing.assert_allclose(ours, lax_conv(x, kernel, stride, "SAME", groups=4), rtol=1e-5, atol=1e-5)
+
+
+def test_padding_conventions_differ_where_documented():
+    assert layers.conv_padding((224, 224), 3, 2, "same") == ((0, 1), (0, 1))
+    assert layers.conv_padding((225, 224), 3, 2, "same") == ((1, 1), (0, 1))
+    assert layers.conv_padding((224, 224), 3, 1, "same") == ((1, 1), (1, 1))
+    assert layers.conv_padding((224, 224), 3, 2, "torch") == ((1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("padding", ["torch", "same"])
+def test_depthwise_module_shares_its_parameters_across_implementations(padding):
+    x = rand(0, 2, 10, 10, 6)
+    make = lambda impl: layers.DepthwiseConv(stride=2, padding=padding, impl=impl)
+    variables = make("conv").init(jax.random.key(0), x)
+    assert variables["params"]["kernel"].shape == (3, 3, 1, 6)
+    np.testing.assert_allclose(make("conv").apply(variables, x), make("shifted").apply(variables, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["torch", "same"])
+@pytest.mark.parametrize("size", [(32, 32), (33, 40)])
+def test_stem_patch_gemm_equals_a_full_convolution(padding, size):
+    x = rand(0, 2, *size, 3)
+    stem = layers.StemConv(features=8, padding=padding)
+    variables = stem.init(jax.random.key(0), x)
+    kernel = variables["params"]["kernel"]
+    assert kernel.shape == (3, 3, 3, 8)
+    expected = lax_conv(x, kernel, 2, layers.conv_padding(size, 3, 2, padding))
+    np.testing.assert_allclose(stem.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pointwise_matmul_equals_a_1x1_convolution():
+    x = rand(0, 2, 5, 5, 6)
+    conv = layers.PointwiseConv(features=7)
+    variables = conv.init(jax.random.key(0), x)
+    kernel = variables["params"]["kernel"]
+    assert kernel.shape == (1, 1, 6, 7)
+    np.testing.assert_allclose(conv.apply(variables, x), lax_conv(x, kernel, 1, "VALID"), rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_train_mode_against_hand_computed_statistics():
+    x = rand(0, 4, 3, 3, 2) * 3 + 1
+    bn = layers.BatchNorm(momentum=0.9, epsilon=1e-5)
+    variables = bn.init(jax.random.key(0), x, train=False)
+    variables = {"params": {"scale": jnp.array([2.0, 0.5]), "bias": jnp.array([0.1, -0.3])},
+                 "batch_stats": {"mean": jnp.array([0.5, -0.5]), "var": jnp.array([2.0, 3.0])}}
+    out, updates = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    xs = np.asarray(x).reshape(-1, 2).astype(np.float64)
+    n, mean, var = xs.shape[0], xs.mean(0), xs.var(0)
+    expected = (np.asarray(x) - mean) / np.sqrt(var + 1e-5) * [2.0, 0.5] + [0.1, -0.3]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(updates["batch_stats"]["mean"], 0.9 * np.array([0.5, -0.5]) + 0.1 * mean, rtol=1e-6)
+    # PyTorch convention: the running variance accumulates the unbiased batch variance.
+    unbiased = var * n / (n - 1)
+    np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 * np.array([2.0, 3.0]) + 0.1 * unbiased, rtol=1e-6)
+    biased = layers.BatchNorm(unbiased_running_var=False).apply(variables, x, train=True, mutable=["batch_stats"])[1]
+    np.testing.assert_allclose(biased["batch_stats"]["var"], 0.9 * np.array([2.0, 3.0]) + 0.1 * var, rtol=1e-6)
+
+
+def test_batchnorm_eval_mode_uses_running_statistics():
+    x = rand(0, 2, 3, 3, 2)
+    variables = {"params": {"scale": jnp.array([2.0, 0.5]), "bias": jnp.array([0.1, -0.3])},
+                 "batch_stats": {"mean": jnp.array([0.5, -0.5]), "var": jnp.array([2.0, 3.0])}}
+    out = layers.BatchNorm().apply(variables, x, train=False)
+    expected = (np.asarray(x) - [0.5, -0.5]) / np.sqrt(np.array([2.0, 3.0]) + 1e-5) * [2.0, 0.5] + [0.1, -0.3]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_synchronised_batchnorm_equals_one_big_batch():
+    x = rand(0, 8, 3, 3, 2) * 2 + 1
+    bn = layers.BatchNorm(axis_name="batch")
+    variables = bn.init(jax.random.key(0), x, train=False)
+    apply = lambda v, x: bn.apply(v, x, train=True, mutable=["batch_stats"])
+    sharded = jax.vmap(apply, in_axes=(None, 0), axis_name="batch")(variables, x.reshape(4, 2, 3, 3, 2))
+    single = layers.BatchNorm().apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(sharded[0].reshape(x.shape), single[0], rtol=1e-5, atol=1e-5)
+    for name in ("mean", "var"):
+        np.testing.assert_allclose(sharded[1]["batch_stats"][name][0], single[1]["batch_stats"][name], rtol=1e-5)
+
+
+def test_auto_picks_per_backend():
+    assert layers.resolve_depthwise_impl("auto", "cpu") == "shifted"
+    assert layers.resolve_depthwise_impl("auto", "tpu") == "conv"
+    assert layers.resolve_depthwise_impl("conv", "cpu") == "conv"
