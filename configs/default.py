@@ -1,0 +1,128 @@
+"""ImageNet, MobileNet 1.0-224, the paper-style recipe of the Cloud TPU reference.
+
+Recipes are selected by the config-file argument, and any field by a flag:
+
+    python train.py --config=configs/default.py --workdir=...            # rmsprop (paper)
+    python train.py --config=configs/default.py:sgd --workdir=...        # SGD, Nesterov, cosine
+    python train.py --config=configs/default.py:adamw --workdir=...      # AdamW, cosine
+    python train.py --config=configs/default.py --config.batch_size=512 \
+        --config.variant=mobilenet_v1_050_160                            # any field, any variant
+
+`mobilenet_jax.config_utils.resolve_config` applies `variant` and checks the names before a run.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# What each recipe changes in the base config of get_config, which is the "rmsprop" recipe.
+RECIPES = {
+    "rmsprop": {},
+    # The modern SGD recipe (Goyal et al.: 0.1 per 256 images), Nesterov momentum, cosine to 0.
+    "sgd": dict(
+        optimizer="sgd",
+        learning_rate=0.1,
+        lr_schedule="cosine",
+        nesterov=True,
+    ),
+    # AdamW with decoupled weight decay; optax scales the decay by the learning rate (as
+    # PyTorch's AdamW does), hence a rate far above the L2 recipes'. A starting point, not tuned.
+    "adamw": dict(
+        optimizer="adamw",
+        learning_rate=2.5e-4,
+        lr_schedule="cosine",
+        weight_decay=0.02,
+    ),
+}
+
+
+def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
+    """The ImageNet config with the training recipe `recipe` (one of RECIPES)."""
+    if recipe not in RECIPES:
+        raise ValueError(
+            f"unknown recipe {recipe!r}; use --config=configs/default.py:<recipe> with one of "
+            f"{sorted(RECIPES)}"
+        )
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    # A named paper variant (e.g. "mobilenet_v1_075_160") sets model.alpha and image_size.
+    config.variant = config_dict.placeholder(str)
+
+    # Data: see mobilenet_jax.data. dataset is a TFDS name, "folder" or "digits".
+    config.dataset = "imagenet2012"
+    config.data_dir = config_dict.placeholder(str)
+    config.train_split = "train"
+    config.eval_split = "validation"
+    config.folder_train_dir = config_dict.placeholder(str)
+    config.folder_eval_dir = config_dict.placeholder(str)
+    config.folder_eval_fraction = 0.1  # held out of folder_train_dir when no folder_eval_dir
+    config.image_size = 224
+    config.normalization = "imagenet"  # ImageNet mean/std, the PyTorch reference's convention
+    config.crop_min_area = 0.08
+    config.shuffle_buffer = 16_384
+    config.cache = False
+    config.prefetch = 0  # batches; 0 lets tf.data tune it
+
+    # Batches are global: split over processes and devices.
+    config.batch_size = 1024
+    config.eval_batch_size = 1024
+
+    config.num_epochs = 300.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.log_every_steps = 100
+    config.eval_every_steps = 5000  # and at the end of training
+    config.checkpoint_every_steps = 1000
+    config.keep_checkpoints = 3
+    config.keep_best_checkpoint = True
+    config.eval_only = False
+    config.skip_nonfinite_updates = False  # drop a step whose gradients hold NaN or inf
+    config.export_path = config_dict.placeholder(str)
+
+    config.half_precision = False  # bfloat16 compute; parameters and statistics stay float32
+    config.parallelism = "jit"  # "jit": jax.jit + shard_map over a device mesh; "pmap": jax.pmap
+    # False keeps per-device BatchNorm statistics, as the original TF training did.
+    config.sync_batch_stats = True
+
+    # Optimisation (mobilenet_jax.optim). learning_rate is per 256 images: the peak rate is
+    # learning_rate * batch_size / 256.
+    # The recipe of tensorflow/tpu models/official/mobilenet: RMSprop with TF1 semantics (decay
+    # 0.9, momentum 0.9, epsilon 1.0 inside the square root, mean square starting at 1.0), 0.165
+    # at batch 1024 scaled linearly, x0.94 every 3 epochs (staircase), warm-up, EMA, L2 4e-5.
+    config.optimizer = "rmsprop"  # "rmsprop" | "sgd" | "adamw"
+    config.learning_rate = 0.165 * 256 / 1024
+    config.lr_schedule = "exponential"  # "exponential" (staircase) | "cosine" | "constant"
+    config.warmup_epochs = 5.0  # linear from 0
+    config.lr_decay_rate = 0.94  # exponential: x lr_decay_rate every lr_decay_epochs
+    config.lr_decay_epochs = 3.0
+    config.momentum = 0.9  # rmsprop and sgd
+    config.nesterov = False  # sgd
+    config.rmsprop_decay = 0.9
+    config.rmsprop_epsilon = 1.0
+    config.adam_b1 = 0.9
+    config.adam_b2 = 0.999
+    config.adam_eps = 1e-8
+    # Conv and Dense kernels only; never BatchNorm or biases. L2 added to the gradient for
+    # rmsprop / sgd, decoupled for adamw. The paper puts little or none on depthwise filters.
+    config.weight_decay = 4e-5
+    config.weight_decay_depthwise = False
+    config.grad_clip_norm = 0.0  # global-norm clipping when > 0
+    config.label_smoothing = 0.0  # the paper uses none
+    # Exponential moving average of the parameters, kept by the train step and used for
+    # evaluation; 0 disables it.
+    config.ema_decay = 0.9999
+
+    # Fields of mobilenet_jax.MobileNetV1; num_classes comes from the dataset.
+    config.model = ml_collections.ConfigDict(
+        dict(
+            alpha=1.0,
+            min_depth=8,
+            dropout_rate=1e-3,
+            activation="relu",
+            padding="torch",
+            bn_momentum=0.9,  # Flax convention: 1 - PyTorch's 0.1
+            bn_epsilon=1e-5,
+            depthwise_impl="auto",
+        )
+    )
+
+    config.update(RECIPES[recipe])
+    return config

@@ -1,0 +1,152 @@
+"""The config files load, resolve and reject bad names with a message that says the fix."""
+
+import importlib
+
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from mobilenet_jax import config_utils, optim
+
+CONFIGS = ["default", "tpu", "gpu", "digits"]
+
+
+def load(name: str, *args: str) -> ml_collections.ConfigDict:
+    """get_config(*args) of configs/<name>.py."""
+    return importlib.import_module(f"configs.{name}").get_config(*args)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_resolves(name):
+    config = config_utils.resolve_config(load(name))
+    assert config.optimizer in optim.OPTIMIZERS and config.lr_schedule in optim.SCHEDULES
+    assert config.batch_size % 8 == 0 or name == "digits"
+    assert "num_classes" not in config.model
+
+
+@pytest.mark.parametrize("recipe", ["rmsprop", "sgd", "adamw"])
+def test_recipes_resolve_and_build_an_optimizer(recipe):
+    config = config_utils.resolve_config(load("default", recipe))
+    assert config.optimizer == recipe
+    optim.create_optimizer(config, steps_per_epoch=1251)
+
+
+def test_default_is_the_cloud_tpu_recipe():
+    config = load("default")
+    assert (config.optimizer, config.rmsprop_decay, config.momentum, config.rmsprop_epsilon) == (
+        "rmsprop",
+        0.9,
+        0.9,
+        1.0,
+    )
+    assert optim.scaled_learning_rate(config) == pytest.approx(0.165)
+    assert (config.lr_schedule, config.lr_decay_rate, config.lr_decay_epochs) == ("exponential", 0.94, 3.0)
+    assert (config.weight_decay, config.weight_decay_depthwise, config.ema_decay) == (4e-5, False, 0.9999)
+    assert (config.image_size, config.model.alpha, config.label_smoothing) == (224, 1.0, 0.0)
+
+
+def test_hardware_configs_keep_the_rate_per_256_images():
+    base, tpu, gpu = load("default"), load("tpu"), load("gpu")
+    assert tpu.learning_rate == gpu.learning_rate == base.learning_rate
+    assert optim.scaled_learning_rate(tpu) == pytest.approx(4 * optim.scaled_learning_rate(base))
+    assert (tpu.batch_size, tpu.half_precision, gpu.batch_size, gpu.half_precision) == (
+        4096,
+        True,
+        2048,
+        True,
+    )
+
+
+def test_variant_sets_alpha_and_image_size():
+    config = load("default")
+    config.variant = "mobilenet_v1_075_160"
+    resolved = config_utils.resolve_config(config)
+    assert (resolved.model.alpha, resolved.image_size) == (0.75, 160)
+    assert (config.model.alpha, config.image_size) == (1.0, 224)  # the input is left alone
+
+
+def test_resolved_config_is_locked():
+    resolved = config_utils.resolve_config(load("default"))
+    with pytest.raises(AttributeError):
+        resolved.batchsize = 512  # a typo must not silently add a field
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        (
+            "variant",
+            "mobilenet_v1_033_224",
+            r"unknown variant 'mobilenet_v1_033_224'; choose one of .*mobilenet_v1_075_160",
+        ),
+        (
+            "optimizer",
+            "adam",
+            r"unknown optimizer 'adam'; set --config.optimizer to one of \['rmsprop', 'sgd', 'adamw'\]",
+        ),
+        ("lr_schedule", "linear", r"unknown lr_schedule 'linear'"),
+        ("normalization", "torch", r"unknown normalization 'torch'.*'imagenet'"),
+        ("parallelism", "pjit", r"unknown parallelism 'pjit'.*\['jit', 'pmap'\]"),
+        ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
+    ],
+)
+def test_bad_names_raise_with_the_fix(field, value, match):
+    config = load("default")
+    config[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_utils.resolve_config(config)
+
+
+def test_bad_model_fields_raise():
+    config = load("default")
+    config.model.width = 0.5
+    with pytest.raises(
+        ValueError, match=r"config.model has unknown fields \['width'\]; MobileNetV1 takes .*'alpha'"
+    ):
+        config_utils.resolve_config(config)
+    config = load("default")
+    config.model.alpha = -1.0
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        config_utils.resolve_config(config)
+
+
+def test_unknown_recipe_raises():
+    with pytest.raises(ValueError, match=r"unknown recipe 'lamb'.*\['adamw', 'rmsprop', 'sgd'\]"):
+        load("default", "lamb")
+
+
+def test_command_line_recipe_and_overrides():
+    argv = [
+        "train.py",
+        "--config=configs/default.py:sgd",
+        "--config.batch_size=512",
+        "--config.variant=mobilenet_v1_050_128",
+        "--config.data_dir=/data",
+    ]
+    flag_values = flags.FlagValues()
+    # The override flags are defined from the argv the flag is declared with.
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    config = config_utils.resolve_config(flag_values.config)
+    assert (config.optimizer, config.nesterov, config.lr_schedule) == ("sgd", True, "cosine")
+    assert (config.batch_size, config.data_dir, config.model.alpha, config.image_size) == (
+        512,
+        "/data",
+        0.5,
+        128,
+    )
+
+
+def test_normalizations_match_the_data_module():
+    data = pytest.importorskip("mobilenet_jax.data")
+    assert sorted(config_utils.NORMALIZATIONS) == sorted(data._RGB_MEAN_STD)
+
+
+def test_digits_config_fits_the_digits_dataset():
+    data = pytest.importorskip("mobilenet_jax.data")
+    config = config_utils.resolve_config(load("digits"))
+    info = data.get_dataset_info(config)
+    assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
+    assert config.eval_every_steps == info.num_train_examples // config.batch_size
+    assert info.num_eval_examples % config.eval_batch_size == 0
