@@ -1,0 +1,289 @@
+"""Training and inference throughput of the Flax model against PyTorch, in one process.
+
+    python -m benchmarks.speed --batch 32 --steps 3 --repeats 5 --json bench.json
+
+Every contender is timed by the same helper, interleaved round by round (one timed block of
+`--steps` calls per contender per round), so machine load hits JAX and PyTorch alike. The first
+call of each contender is the warm-up; for JAX its excess over the steady-state median is
+reported as compile time. PyTorch runs in float32 with `torch.set_num_threads(os.cpu_count())`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import jaxlib
+import numpy as np
+import optax
+import torch
+
+from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax.torch_reference import TorchMobileNetV1
+
+NUM_CLASSES = 1000
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+
+
+@dataclasses.dataclass
+class Contender:
+    """One thing to time: `run()` does one call and waits for its result."""
+
+    name: str
+    kind: str  # "train", "infer" or "latency"
+    images: int  # images per call
+    run: Callable[[], Any]
+    first_call_s: float = 0.0
+    seconds: list[float] = dataclasses.field(default_factory=list)  # per call, one per round
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """Median, min and max seconds per call, images/s and the warm-up excess."""
+        if self.error:
+            return {"name": self.name, "kind": self.kind, "error": self.error}
+        med = statistics.median(self.seconds)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "images_per_call": self.images,
+            "median_s": med,
+            "min_s": min(self.seconds),
+            "max_s": max(self.seconds),
+            "images_per_s": self.images / med,
+            "compile_s": max(self.first_call_s - med, 0.0),
+            "seconds": self.seconds,
+        }
+
+
+def warm_up(contender: Contender) -> None:
+    """Make the first call (compilation for JAX), recording its time or the failure reason."""
+    start = time.perf_counter()
+    try:
+        contender.run()
+    except Exception as e:  # noqa: BLE001 - a failing backend is reported, not fatal
+        contender.error = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    contender.first_call_s = time.perf_counter() - start
+
+
+def measure(contenders: list[Contender], steps: int, repeats: int) -> None:
+    """Time `steps` calls of every working contender per round, interleaved over `repeats` rounds."""
+    for contender in contenders:
+        warm_up(contender)
+        print(f"  warm-up {contender.name}: {contender.first_call_s:.1f}s {contender.error or ''}", flush=True)
+    live = [c for c in contenders if not c.error]
+    for _ in range(repeats):
+        for contender in live:
+            start = time.perf_counter()
+            for _ in range(steps):
+                contender.run()
+            contender.seconds.append((time.perf_counter() - start) / steps)
+
+
+def random_batch(batch: int, resolution: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """NHWC float32 images and integer labels."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((batch, resolution, resolution, 3), dtype=np.float32)
+    return images, rng.integers(0, NUM_CLASSES, batch).astype(np.int32)
+
+
+def jax_model(alpha: float, impl: str, dtype: str) -> MobileNetV1:
+    """The Flax model with the given depthwise implementation and computation dtype."""
+    return MobileNetV1(num_classes=NUM_CLASSES, alpha=alpha, depthwise_impl=impl, dtype=jnp.dtype(dtype))
+
+
+def jax_train(model: MobileNetV1, images: np.ndarray, labels: np.ndarray) -> Callable[[], Any]:
+    """A jitted SGD-momentum train step with donated state, wrapped as a no-argument call."""
+    variables = model.init(jax.random.key(0), images[:1])
+    tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
+
+    def loss_fn(params, batch_stats, x, y):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, updates["batch_stats"]
+
+    def step(state, x, y):
+        params, batch_stats, opt_state = state
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
+
+    step = jax.jit(step, donate_argnums=0)
+    state = [(variables["params"], variables["batch_stats"], tx.init(variables["params"]))]
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+
+    def run() -> None:
+        state[0], loss = step(state[0], x, y)
+        loss.block_until_ready()
+
+    return run
+
+
+def jax_infer(model: MobileNetV1, images: np.ndarray) -> Callable[[], Any]:
+    """A jitted eval-mode forward pass, wrapped as a no-argument call."""
+    variables = model.init(jax.random.key(0), images[:1])
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    x = jnp.asarray(images)
+    return lambda: forward(variables, x).block_until_ready()
+
+
+def torch_train(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray) -> Callable[[], Any]:
+    """One SGD-momentum step of `model` (eager or compiled) on a fixed batch."""
+    original = getattr(model, "_orig_mod", model)
+    original.train()
+    optimizer = torch.optim.SGD(original.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(labels.astype(np.int64))
+
+    def run() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return run
+
+
+def torch_infer(model: torch.nn.Module, images: np.ndarray) -> Callable[[], Any]:
+    """An eval-mode, no-grad forward pass of `model` (eager or compiled)."""
+    getattr(model, "_orig_mod", model).eval()
+    x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+    def run() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return run
+
+
+def torch_models(alpha: float, compiled: bool) -> dict[str, Callable[[], torch.nn.Module]]:
+    """Factories of the PyTorch contenders: eager, and `torch.compile` unless skipped."""
+    factories = {"torch eager": lambda: TorchMobileNetV1(NUM_CLASSES, alpha)}
+    if compiled:
+        factories["torch compile"] = lambda: torch.compile(TorchMobileNetV1(NUM_CLASSES, alpha))
+    return factories
+
+
+def build_contenders(args: argparse.Namespace) -> list[Contender]:
+    """Train, batch inference and batch-1 latency contenders for every JAX variant and PyTorch."""
+    images, labels = random_batch(args.batch, args.resolution)
+    makers: dict[str, tuple[int, Callable[[Any], Callable[[], Any]]]] = {
+        "train": (args.batch, lambda m: pick(m, jax_train, torch_train)(m, images, labels)),
+        "infer": (args.batch, lambda m: pick(m, jax_infer, torch_infer)(m, images)),
+        "latency": (1, lambda m: pick(m, jax_infer, torch_infer)(m, images[:1])),
+    }
+    factories: dict[str, Callable[[], Any]] = {
+        f"jax {impl} {dtype}": functools.partial(jax_model, args.alpha, impl, dtype)
+        for dtype in args.dtypes
+        for impl in args.impls
+    }
+    factories.update(torch_models(args.alpha, not args.skip_torch_compile))
+    return [
+        Contender(name, kind, makers[kind][0], makers[kind][1](factory()))
+        for kind in args.kinds
+        for name, factory in factories.items()
+    ]
+
+
+def pick(model: Any, for_jax: Callable, for_torch: Callable) -> Callable:
+    """`for_jax` for a Flax model, `for_torch` for a PyTorch one."""
+    return for_jax if isinstance(model, MobileNetV1) else for_torch
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, or platform's guess elsewhere."""
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    """Machine, library versions, thread count and the command line."""
+    cpu = cpu_model()
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "jax_backend": jax.default_backend(),
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "torch": torch.__version__,
+        },
+        "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.speed", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "config": vars(args),
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """A plain-text table: throughput (or latency), spread, compile time, ratio to PyTorch eager."""
+    eager = {r["kind"]: r for r in results if r["name"] == "torch eager" and "error" not in r}
+    lines = [f"{'kind':8} {'contender':24} {'img/s':>8} {'ms/call':>9} {'min-max ms':>17} {'compile s':>9} {'vs eager':>8}"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['kind']:8} {r['name']:24} {r['error']}")
+            continue
+        base = eager.get(r["kind"])
+        ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
+        spread = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}"
+        compile_s = f"{r['compile_s']:.1f}" if r["name"].startswith("jax") or "compile" in r["name"] else "-"
+        lines.append(
+            f"{r['kind']:8} {r['name']:24} {r['images_per_s']:8.2f} {r['median_s'] * 1e3:9.1f} {spread:>17} "
+            f"{compile_s:>9} {ratio:>8}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=2, help="calls per timed block")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds; medians over these")
+    parser.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32"])
+    parser.add_argument("--impls", type=lambda s: s.split(","), default=["shifted"])
+    parser.add_argument("--kinds", type=lambda s: s.split(","), default=["train", "infer", "latency"])
+    parser.add_argument("--json", default=None, help="write all raw numbers here")
+    parser.add_argument("--skip-torch-compile", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure, print the table and optionally write the JSON record."""
+    args = parse_args(argv)
+    torch.set_num_threads(os.cpu_count())
+    env = environment(args)
+    print(f"{env['cpu']}, {env['cpu_count']} cores, torch threads {env['torch_threads']}, jax {jax.__version__}")
+    contenders = build_contenders(args)
+    measure(contenders, args.steps, args.repeats)
+    results = [c.summary() for c in contenders]
+    print(table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
