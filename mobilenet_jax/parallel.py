@@ -1,0 +1,126 @@
+"""Data parallelism over every device of every process, with `jax.jit` + `shard_map` or `jax.pmap`.
+
+Both wrap the same step functions (`steps.py`) with a named batch axis. The state is replicated:
+on the mesh as global arrays with a fully replicated sharding, under pmap with a leading device
+axis. Checkpoints always see the mesh form (`to_global` / `from_global`), so a run can resume
+under either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mobilenet_jax import steps
+from mobilenet_jax.train_state import TrainState
+
+AXIS = "data"
+PARALLELISMS = ("jit", "pmap")
+
+
+def global_mesh() -> jax.sharding.Mesh:
+    """A one-axis mesh over all devices of all processes."""
+    return jax.make_mesh((jax.device_count(),), (AXIS,))
+
+
+def check_batch_size(batch_size: int, name: str = "batch_size") -> None:
+    """Raise a ValueError unless the global `batch_size` splits evenly over processes and devices."""
+    devices = jax.device_count()
+    if batch_size <= 0 or batch_size % devices:
+        raise ValueError(
+            f"{name} must be a positive multiple of the device count {devices} "
+            f"({jax.process_count()} processes x {jax.local_device_count()} local devices), got {batch_size}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Parallel:
+    """Step functions mapped over devices, and the transfers they need."""
+
+    kind: str
+    mesh: jax.sharding.Mesh
+    train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
+    eval_step: Callable[[Any, dict], dict]
+
+    def put_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """This process's part of a global batch, as arrays split over the devices."""
+        if self.kind == "pmap":
+            n = jax.local_device_count()
+            return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local_batch.items()}
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+    def from_global(self, state: TrainState) -> TrainState:
+        """The step functions' form of a state held as replicated global arrays."""
+        if self.kind == "jit":
+            return jax.device_put(state, NamedSharding(self.mesh, P()))
+        n = jax.local_device_count()
+        sharding = NamedSharding(jax.make_mesh((n,), (AXIS,), devices=jax.local_devices()), P(AXIS))
+        return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(_local(x), (n, *np.shape(x))), sharding), state)
+
+    def to_global(self, state: TrainState) -> TrainState:
+        """Replicated global arrays on the mesh (what checkpoints store) from the step functions' form."""
+        if self.kind == "jit":
+            return state
+        sharding = NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, _local(x)[0]), state)
+
+    def fetch(self, tree: Any) -> Any:
+        """Replicated device values as host numpy, without the pmap device axis."""
+        tree = jax.tree.map(_local, tree)
+        return jax.tree.map(lambda x: x[0], tree) if self.kind == "pmap" else tree
+
+
+def _local(x: Any) -> np.ndarray:
+    """A replicated (or pmap-stacked) array's value as this process sees it."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.stack([np.asarray(s.data)[0] for s in sorted(x.addressable_shards, key=lambda s: s.index)])
+    return np.asarray(x)
+
+
+def make_parallel(
+    kind: str,
+    *,
+    label_smoothing: float = 0.0,
+    sync_batch_stats: bool = True,
+    skip_nonfinite_updates: bool = False,
+) -> Parallel:
+    """The train and eval steps mapped over all devices with `kind` ("jit" or "pmap").
+
+    The model in the state must use `bn_axis_name=parallel.AXIS` when `sync_batch_stats`.
+    The train step donates its input state.
+    """
+    if kind not in PARALLELISMS:
+        raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {kind!r}")
+    train = functools.partial(
+        steps.train_step,
+        axis_name=AXIS,
+        label_smoothing=label_smoothing,
+        sync_batch_stats=sync_batch_stats,
+        skip_nonfinite_updates=skip_nonfinite_updates,
+    )
+    evaluate = functools.partial(steps.eval_step, axis_name=AXIS)
+    mesh = global_mesh()
+    if kind == "pmap":
+        return Parallel(
+            kind,
+            mesh,
+            jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0),
+            jax.pmap(evaluate, axis_name=AXIS),
+        )
+    # check_vma=False keeps pmap's semantics: with it on, JAX would already sum the gradients of
+    # the replicated parameters over devices, and the step's own pmean would scale them again.
+    shard = functools.partial(jax.shard_map, mesh=mesh, check_vma=False)
+    return Parallel(
+        kind,
+        mesh,
+        jax.jit(shard(train, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())), donate_argnums=0),
+        jax.jit(shard(evaluate, in_specs=(P(), P(AXIS)), out_specs=P())),
+    )

@@ -1,0 +1,118 @@
+"""The training and evaluation steps: pure functions of (state, batch[, rng]).
+
+Both are written once for a named batch axis. With `axis_name=None` they run on one device;
+`parallel.py` maps them over devices with `jax.pmap` or `jax.jit` + `jax.shard_map`, and then
+gradients, metrics and (synchronised) BatchNorm statistics are averaged over that axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from mobilenet_jax.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy with integer labels and optional label smoothing."""
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def _mean_over(axis_name: str | None, tree: Any) -> Any:
+    """Average `tree` over the mapped axis, or return it as it is on one device."""
+    return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every leaf of `tree` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def train_step(
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    *,
+    axis_name: str | None = None,
+    label_smoothing: float = 0.0,
+    sync_batch_stats: bool = True,
+    skip_nonfinite_updates: bool = False,
+) -> tuple[TrainState, Metrics]:
+    """One optimizer step on `batch` ({"image": NHWC float, "label": int}).
+
+    `rng` is the run's dropout key: it is folded with the step (and the device index) here.
+    With `sync_batch_stats=False` each device normalises with its own batch statistics (the
+    model must then have `bn_axis_name=None`) and the running averages are averaged afterwards,
+    so the state stays identical on every device. With `skip_nonfinite_updates` a step whose
+    loss or gradients are not finite leaves the state unchanged except the step counter.
+    """
+    rng = jax.random.fold_in(rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            batch["image"],
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},
+        )
+        loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = _mean_over(axis_name, grads)
+    if not sync_batch_stats:
+        batch_stats = _mean_over(axis_name, batch_stats)
+    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    loss, accuracy = _mean_over(axis_name, (loss, accuracy))
+
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if state.ema_decay > 0:
+        ema_params = optax.incremental_update(params, state.ema_params, 1.0 - state.ema_decay)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params
+    )
+
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    if skip_nonfinite_updates:
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=state.step + 1)
+        )
+    metrics = {
+        "train_loss": loss,
+        "train_accuracy": accuracy,
+        "grad_norm": optax.global_norm(grads),
+        "finite": finite,
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) -> Metrics:
+    """Sums over the real (mask True) examples of `batch`: loss, top-1 and top-5 hits, count.
+
+    Sums rather than means, so that padded final batches and uneven shards count exactly.
+    """
+    variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
+    logits = state.apply_fn(variables, batch["image"], train=False)
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    sums = {
+        "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+        "top1": jnp.sum((top5[:, 0] == labels) * mask),
+        "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
+        "count": jnp.sum(mask),
+    }
+    return sums if axis_name is None else lax.psum(sums, axis_name)
