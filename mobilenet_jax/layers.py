@@ -42,7 +42,9 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
 def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     """Map "auto" to the depthwise implementation that is fastest on `backend`.
 
-    On CPU the shifted form is ~10x faster than XLA's grouped convolution (BENCHMARKS.md). TPUs
+    CPU: "shifted". Measured on a 2-core Xeon (BENCHMARKS.md), MobileNet 1.0-224, batch 32,
+    float32: train step 5.02 vs 1.20 img/s (4.2x), inference 53.7 vs 10.7 img/s (5.0x) against
+    the grouped convolution; per layer (32x56x56x128) the input gradient is 34 vs 458 ms. TPUs
     have native depthwise support in XLA, so the canonical convolution stays there. On GPU XLA's
     grouped-convolution backward pass is known to be slow (jax#13800) while the shifted form fuses
     into elementwise loops; that choice is reasoned, not yet measured.
