@@ -1,0 +1,66 @@
+"""Training metrics: JSON lines and TensorBoard event files in the workdir, a console progress bar.
+
+Only process 0 writes; the other processes get a writer that does nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready Python scalar from a numpy / JAX scalar."""
+    value = np.asarray(value)
+    return value.item() if value.ndim == 0 else value.tolist()
+
+
+class MetricWriter:
+    """Appends one JSON object per call to `workdir/metrics.jsonl` and the same scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, *, enabled: bool = True, total_steps: int | None = None, initial_step: int = 0):
+        self.enabled = enabled
+        if not enabled:
+            return
+        from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
+        from tqdm import tqdm
+
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", buffering=1)
+        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._progress = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
+
+    def write(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Record `scalars` at `step` everywhere."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
+        self._jsonl.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step" and isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(key, value, step)
+        shown = {k: f"{v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float)}
+        self._progress.set_postfix(shown, refresh=False)
+
+    def advance(self, steps: int) -> None:
+        """Move the progress bar by `steps`."""
+        if self.enabled:
+            self._progress.update(steps)
+
+    def close(self) -> None:
+        """Flush and close every output."""
+        if self.enabled:
+            self._progress.close()
+            self._tensorboard.close()
+            self._jsonl.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+    """All records of `workdir/metrics.jsonl`, in order."""
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]
