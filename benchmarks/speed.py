@@ -30,7 +30,9 @@ import optax
 import torch
 
 from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax.steps import train_step
 from mobilenet_jax.torch_reference import TorchMobileNetV1
+from mobilenet_jax.train_state import create_train_state
 
 NUM_CLASSES = 1000
 LEARNING_RATE = 0.01
@@ -104,30 +106,16 @@ def jax_model(alpha: float, impl: str, dtype: str) -> MobileNetV1:
 
 
 def jax_train(model: MobileNetV1, images: np.ndarray, labels: np.ndarray) -> Callable[[], Any]:
-    """A jitted SGD-momentum train step with donated state, wrapped as a no-argument call."""
-    variables = model.init(jax.random.key(0), images[:1])
+    """The project's jitted train step (SGD momentum, donated state) as a no-argument call."""
     tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-
-    def loss_fn(params, batch_stats, x, y):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-        return loss, updates["batch_stats"]
-
-    def step(state, x, y):
-        params, batch_stats, opt_state = state
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), batch_stats, opt_state), loss
-
-    step = jax.jit(step, donate_argnums=0)
-    state = [(variables["params"], variables["batch_stats"], tx.init(variables["params"]))]
-    x, y = jnp.asarray(images), jnp.asarray(labels)
+    state = [create_train_state(jax.random.key(0), model, tx, images.shape[1])]
+    step = jax.jit(train_step, donate_argnums=0)
+    batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
+    rng = jax.random.key(1)
 
     def run() -> None:
-        state[0], loss = step(state[0], x, y)
-        loss.block_until_ready()
+        state[0], metrics = step(state[0], batch, rng)
+        metrics["train_loss"].block_until_ready()
 
     return run
 
