@@ -84,8 +84,8 @@ def test_min_depth_floors_channels():
 def test_train_mode_updates_batch_stats_and_dropout_uses_rng():
     model = MobileNetV1(num_classes=10, alpha=0.25, dropout_rate=0.5)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 32, 32, 3), np.float32))
-    variables = model.init(jax.random.key(0), x)
-    run = lambda key: model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key})
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    run = jax.jit(lambda key: model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": key}))
     (logits_a, updates), (logits_b, _) = run(jax.random.key(1)), run(jax.random.key(2))
     assert not np.allclose(logits_a, logits_b)
     old, new = variables["batch_stats"]["stem"]["bn"]["mean"], updates["batch_stats"]["stem"]["bn"]["mean"]
@@ -96,11 +96,11 @@ def test_train_mode_updates_batch_stats_and_dropout_uses_rng():
 def test_bfloat16_computation_keeps_float32_params_and_logits():
     model = MobileNetV1(num_classes=10, alpha=0.25, dtype=jnp.bfloat16)
     x = jnp.ones((2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x)
+    variables = jax.jit(model.init)(jax.random.key(0), x)
     chex.assert_trees_all_equal_dtypes(variables["params"], jax.tree.map(lambda a: a.astype(jnp.float32), variables["params"]))
-    logits = model.apply(variables, x)
+    logits = jax.jit(model.apply)(variables, x)
     assert logits.dtype == jnp.float32
-    reference = MobileNetV1(num_classes=10, alpha=0.25).apply(variables, x)
+    reference = jax.jit(MobileNetV1(num_classes=10, alpha=0.25).apply)(variables, x)
     np.testing.assert_allclose(logits, reference, rtol=0.1, atol=0.1)
 
 
