@@ -67,7 +67,7 @@ class Checkpoints:
 
     def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> None:
         """Start an asynchronous save of `state` at its step; `metrics` feed the best-checkpoint choice."""
-        step = int(jax.device_get(state.step))
+        step = int(state.step.addressable_data(0))  # this process's copy of a replicated scalar
         if step in self._manager.all_steps():
             return
         self._manager.save(
@@ -101,14 +101,20 @@ def flatten_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any
     return flat
 
 
-def check_resumable(workdir: str, config: Mapping[str, Any]) -> None:
-    """Record the run's config in the workdir, or refuse a config that its checkpoints cannot serve.
+def has_checkpoints(workdir: str) -> bool:
+    """Whether `workdir` holds a complete checkpoint (a step folder; Orbax renames it into place last)."""
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def check_resumable(workdir: str, config: Mapping[str, Any], record: bool = True) -> None:
+    """Refuse a config that the workdir's checkpoints cannot serve; then, if `record`, save it there.
 
     Raises ValueError naming every differing state-defining field, before anything is touched.
     """
     path = os.path.join(workdir, CONFIG_FILE)
     current = flatten_config(json.loads(json.dumps(dict(config), default=_json_default)))
-    if os.path.exists(path):
+    if os.path.exists(path) and has_checkpoints(workdir):
         with open(path) as f:
             saved = json.load(f)
         differing = [
@@ -122,10 +128,12 @@ def check_resumable(workdir: str, config: Mapping[str, Any]) -> None:
                 + "; ".join(differing)
                 + ". Use a new --workdir, or restore those values."
             )
-    if jax.process_index() == 0:
+    if record and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
+        # Written whole, then renamed: other processes may be reading the previous one.
+        with open(path + ".tmp", "w") as f:
             json.dump(current, f, indent=1, sort_keys=True)
+        os.replace(path + ".tmp", path)
 
 
 def _json_default(value: Any) -> Any:

@@ -4,12 +4,17 @@ The only module of the package that imports TensorFlow. Every source goes throug
 tf.data pipeline, so batching, per-process sharding, padded evaluation, seeding and resume are
 written once:
 
-- Each process reads its own even share of a split (the `tfds.even_splits` rule: the first
-  `n % process_count` processes hold one extra example) and yields batches of
-  `batch_size // process_count`.
-- Training repeats forever. Epoch `e` is the process's records shuffled with a seed drawn from
-  (seed, e), and the augmentation of the example at global position `i` is keyed by
-  (seed, process_index, i), so any step can be rebuilt without replaying the ones before it.
+- Each process yields batches of `batch_size // process_count`, its slice of the global batch.
+- TFDS training data: each process reads its own even share of the split (the
+  `tfds.even_splits` rule: the first `n % process_count` processes hold one extra example), so
+  no file is read twice, and global batches depend on the process count.
+- In-memory training data (digits, image folders): every process walks the same global stream
+  and keeps its slice of each global batch (reading only those images), so global batches are
+  the same for any process count: a run on 2 hosts x 2 devices sees what 1 host x 4 devices sees.
+- Training repeats forever. Epoch `e` is the stream's records shuffled with a seed drawn from
+  (seed, e), and the augmentation of the example at stream position `i` is keyed by
+  (seed, stream, i) (stream: the process index for per-process shares, else 0), so any step can
+  be rebuilt without replaying the ones before it.
 - Evaluation is finite, sees every example of the split exactly once across all processes, and
   pads with masked zeros so every process yields the same number of equally shaped batches.
 
@@ -83,6 +88,8 @@ class _Part:
     max_count: int  # examples in the largest share of any process
     load: Callable[[tf.Tensor], tf.Tensor]  # record image -> encoded bytes or an HWC tensor
     shuffle_buffer: int
+    # The whole split for every process, which keeps its slice of each global batch.
+    whole: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,8 +244,8 @@ def create_train_iterator(
             f"process {process_index} of {process_count} got no training examples: the train "
             f"split has too few for {process_count} processes; use a larger split"
         )
-    examples = _epochs(part, seed, start_step * local_batch, config.get("cache", False))
-    example_seed = tf.constant([seed, process_index], tf.int64)
+    examples, stream = _train_stream(part, config, seed, process_index, local_batch, start_step)
+    example_seed = tf.constant([seed, stream], tf.int64)
     augment = source.augment
 
     def train_example(index: tf.Tensor, record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -290,6 +297,19 @@ def create_eval_iterator(config: Any, *, process_index: int, process_count: int)
     examples = part.records.map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     batches = examples.concatenate(padding).batch(local_batch, drop_remainder=True)
     return _as_numpy(batches, config)
+
+
+def _train_stream(
+    part: _Part, config: Any, seed: int, process_index: int, local_batch: int, start_step: int
+) -> tuple[tf.data.Dataset, int]:
+    """This process's (stream position, record) pairs from step `start_step`, and the stream id."""
+    cache = config.get("cache", False)
+    if not part.whole:
+        return _epochs(part, seed, start_step * local_batch, cache), process_index
+    examples = _epochs(part, seed, start_step * config.batch_size, cache)
+    # Filtering before decoding: each process decodes only its own slice.
+    mine = examples.filter(lambda index, _: index % config.batch_size // local_batch == process_index)
+    return mine, 0
 
 
 def _epochs(part: _Part, seed: int, start: int, cache: bool) -> tf.data.Dataset:
@@ -511,9 +531,15 @@ def _array_part(
     process_count: int,
     seed: int | None,
 ) -> _Part:
-    """This process's contiguous even share of in-memory items, shuffled whole each epoch."""
+    """All in-memory training items (see `_Part.whole`), or this process's contiguous even share
+    of the evaluation items."""
     del seed  # In-memory items have no file order to shuffle.
-    items, labels = train if is_train else test
+    if is_train:
+        items, labels = train
+        count = len(labels)
+        records = tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
+        return _Part(records, count, count, load, shuffle_buffer=max(count, 1), whole=True)
+    items, labels = test
     bounds = [_even_share(len(labels), index, process_count) for index in range(process_count)]
     start, stop = bounds[process_index]
     records = tf.data.Dataset.from_tensor_slices(

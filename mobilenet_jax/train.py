@@ -105,8 +105,12 @@ def _summarise(runner: parallel.Parallel, pending: list[tuple[int, dict]], allow
 
 def _initial_state(config, model, tx, runner, checkpoints) -> TrainState:
     """A fresh state, or the latest checkpoint's, as replicated global arrays."""
-    state = create_train_state(jax.random.key(config.seed), model, tx, config.image_size, config.ema_decay)
-    state = jax.device_put(state, jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()))
+    # One compiled program: initialising op by op compiles hundreds of small ones.
+    init = jax.jit(
+        lambda rng: create_train_state(rng, model, tx, config.image_size, config.ema_decay),
+        out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()),
+    )
+    state = init(jax.random.key(config.seed))
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)
     return state
@@ -124,11 +128,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise ValueError(
             f"batch_size {config.batch_size} exceeds the {info.num_train_examples} training examples; lower it"
         )
-    if not config.eval_only:
-        checkpoint.check_resumable(workdir, config.to_dict())
     total_steps = optim.total_train_steps(config, steps_per_epoch)
     tx, schedule = optim.create_optimizer(config, steps_per_epoch)
     model = create_model(config, info.num_classes)
+    checkpoint.check_resumable(workdir, config.to_dict(), record=not config.eval_only)
     runner = parallel.make_parallel(
         config.parallelism,
         label_smoothing=config.label_smoothing,
@@ -139,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         workdir, keep=config.keep_checkpoints, keep_best=config.keep_best_checkpoint
     )
     state = _initial_state(config, model, tx, runner, checkpoints)
-    start = int(jax.device_get(state.step))
+    start = int(state.step.addressable_data(0))
     writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
     try:
         if config.eval_only:
@@ -157,8 +160,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         state, result = _train(config, runner, runner.from_global(state), batches, start, total_steps,
                                schedule, checkpoints, writer)
-        if state.step == total_steps:
-            _export(config, workdir, model, runner.fetch(state))
+        state = runner.fetch(state)
+        if int(state.step) == total_steps:
+            _export(config, workdir, model, state)
         return result
     finally:
         checkpoints.close()

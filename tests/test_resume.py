@@ -1,0 +1,295 @@
+"""Runs that survive: checkpoints, resume after SIGTERM and SIGKILL, NaN guard, config checks, export.
+
+Every run is a real `python train.py` subprocess on one CPU device with a tiny digits config;
+a persistent compilation cache shared by the module keeps the later runs short.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mobilenet_jax import checkpoint, data
+from mobilenet_jax.metrics import read_metrics
+from mobilenet_jax.model import MobileNetV1
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 16
+TINY = (
+    "--config=configs/digits.py",
+    "--config.model.alpha=0.25",
+    "--config.image_size=32",
+    "--config.batch_size=16",
+    f"--config.num_train_steps={STEPS}",
+    "--config.warmup_epochs=0",
+    "--config.eval_every_steps=1000",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=4",
+    "--config.keep_checkpoints=10",
+)
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """One CPU device and a compilation cache shared by every run of the module."""
+    return dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+
+
+def start(workdir: pathlib.Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
+    """`python train.py` with the tiny config and `overrides`, in the background."""
+    command = [sys.executable, "train.py", *TINY, f"--workdir={workdir}", *overrides]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run(workdir: pathlib.Path, env: dict[str, str], *overrides: str, ok: bool = True) -> str:
+    """Run to the end; return the output, checking the exit status is 0 (`ok`) or not."""
+    process = start(workdir, env, *overrides)
+    output = process.communicate(timeout=TIMEOUT)[0]
+    assert (process.returncode == 0) == ok, output[-3000:]
+    return output
+
+
+def wait_for_checkpoint(workdir: pathlib.Path, step: int, process: subprocess.Popen) -> None:
+    """Poll until the finished checkpoint folder of `step` exists (Orbax renames it into place)."""
+    folder = workdir / checkpoint.CHECKPOINT_DIR / str(step)
+    deadline = time.monotonic() + TIMEOUT
+    while not folder.is_dir():
+        assert process.poll() is None, f"run ended before checkpoint {step}:\n{process.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, f"no checkpoint {step} after {TIMEOUT}s"
+        time.sleep(0.02)
+
+
+def steps_on_disk(workdir: pathlib.Path) -> list[int]:
+    """The finished checkpoint steps in the workdir, sorted."""
+    return sorted(int(p.name) for p in (workdir / checkpoint.CHECKPOINT_DIR).iterdir() if p.name.isdigit())
+
+
+def restore(workdir: pathlib.Path, step: int | None = None) -> dict:
+    """A checkpoint's arrays as host numpy, restored without the training code's templates."""
+    step = steps_on_disk(workdir)[-1] if step is None else step
+    path = workdir / checkpoint.CHECKPOINT_DIR / str(step) / "default"
+    with ocp.StandardCheckpointer() as checkpointer:
+        return jax.tree.map(np.asarray, checkpointer.restore(path))
+
+
+def assert_trees_equal(actual, expected) -> None:
+    """Bit-identical leaves and the same structure."""
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    jax.tree.map(np.testing.assert_array_equal, actual, expected)
+
+
+def train_losses(workdir: pathlib.Path) -> dict[int, float]:
+    """The last logged train loss of every step (a resumed run may log a step twice)."""
+    return {r["step"]: r["train_loss"] for r in read_metrics(str(workdir)) if "train_loss" in r}
+
+
+def copy_run(source: pathlib.Path, target: pathlib.Path, keep_steps: int | None = None) -> pathlib.Path:
+    """A copy of a workdir, optionally without the checkpoints after `keep_steps`."""
+    shutil.copytree(source, target)
+    for step in steps_on_disk(target):
+        if keep_steps is not None and step > keep_steps:
+            shutil.rmtree(target / checkpoint.CHECKPOINT_DIR / str(step))
+    return target
+
+
+def snapshot(directory: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file below `directory`."""
+    return {
+        str(p.relative_to(directory)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, env) -> pathlib.Path:
+    """The uninterrupted run every other run is compared with."""
+    workdir = tmp_path_factory.mktemp("baseline") / "run"
+    run(workdir, env)
+    assert steps_on_disk(workdir) == [4, 8, 12, 16]
+    assert sorted(train_losses(workdir)) == list(range(1, STEPS + 1))
+    return workdir
+
+
+def test_sigterm_checkpoints_exits_cleanly_and_resumes_bit_identically(baseline, tmp_path, env):
+    workdir = tmp_path / "run"
+    process = start(workdir, env)
+    wait_for_checkpoint(workdir, 4, process)
+    # Paused, the run cannot finish before the signal lands; it sees SIGTERM when it continues.
+    process.send_signal(signal.SIGSTOP)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    output = process.communicate(timeout=TIMEOUT)[0]
+    assert process.returncode == 0, output[-3000:]
+    stopped = int(re.search(r"Stopped by SIGTERM after step (\d+)", output)[1])
+    assert 4 <= stopped < STEPS
+    assert steps_on_disk(workdir)[-1] == stopped
+    assert not (workdir / "mobilenet_v1.msgpack").exists()  # only a finished run exports
+
+    run(workdir, env)
+    steps = [r["step"] for r in read_metrics(str(workdir)) if "train_loss" in r]
+    assert steps == list(range(1, STEPS + 1))  # a clean stop logs no step twice
+    assert train_losses(workdir) == train_losses(baseline)
+    assert_trees_equal(restore(workdir), restore(baseline))
+    assert_trees_equal(
+        checkpoint.load_variables(str(workdir / "mobilenet_v1.msgpack")),
+        checkpoint.load_variables(str(baseline / "mobilenet_v1.msgpack")),
+    )
+
+
+def test_sigkill_resumes_from_the_last_periodic_checkpoint_past_a_torn_write(baseline, tmp_path, env):
+    workdir = tmp_path / "run"
+    process = start(workdir, env)
+    wait_for_checkpoint(workdir, 4, process)
+    process.kill()
+    process.communicate(timeout=TIMEOUT)
+    last = steps_on_disk(workdir)[-1]
+    assert last < STEPS
+    # What a kill during the next save leaves: Orbax's temporary folder, half written.
+    torn = workdir / checkpoint.CHECKPOINT_DIR / f"{last + 4}.orbax-checkpoint-tmp-1"
+    shutil.copytree(workdir / checkpoint.CHECKPOINT_DIR / str(last), torn)
+    shutil.rmtree(torn / "default" / "d")
+    checkpoints = checkpoint.Checkpoints(str(workdir))
+    assert checkpoints.latest_step() == last
+    checkpoints.close()
+
+    run(workdir, env)
+    assert not torn.exists()  # the manager removes unfinished folders when it opens the directory
+    assert train_losses(workdir) == train_losses(baseline)
+    assert_trees_equal(restore(workdir), restore(baseline))
+
+
+KILL_MID_SAVE = textwrap.dedent(
+    """
+    import os, signal, sys, time
+    import jax.numpy as jnp
+    from mobilenet_jax import checkpoint
+    from mobilenet_jax.train_state import TrainState
+
+    def state(step, value):
+        params = {f"w{i}": jnp.full((4096, 4096), value, jnp.float32) for i in range(4)}
+        return TrainState(step=jnp.asarray(step), params=params, batch_stats={}, opt_state={},
+                          ema_params=None, apply_fn=None, tx=None)
+
+    checkpoints = checkpoint.Checkpoints(sys.argv[1])
+    checkpoints.save(state(1, 1.0))
+    checkpoints.wait()
+    checkpoints.save(state(2, 2.0))
+    os.kill(os.getpid(), signal.SIGKILL)  # while the asynchronous write of step 2 runs
+    """
+)
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint(tmp_path, env):
+    process = subprocess.run(
+        [sys.executable, "-c", KILL_MID_SAVE, str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    folders = [p.name for p in (tmp_path / checkpoint.CHECKPOINT_DIR).iterdir()]
+    assert "1" in folders and "2" not in folders
+    checkpoints = checkpoint.Checkpoints(str(tmp_path))
+    assert checkpoints.latest_step() == 1
+    restored = restore(tmp_path, 1)
+    assert int(restored["step"]) == 1
+    np.testing.assert_array_equal(restored["params"]["w3"], np.ones((4096, 4096), np.float32))
+    checkpoints.close()
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(baseline, tmp_path, env):
+    workdir = copy_run(baseline, tmp_path / "run", keep_steps=4)
+    before = snapshot(workdir / checkpoint.CHECKPOINT_DIR)
+    output = run(workdir, env, "--config.learning_rate=1e30", ok=False)
+    bad = int(re.search(r"non-finite loss or gradients at step (\d+)", output)[1])
+    assert 4 < bad <= 8
+    assert "skip_nonfinite_updates" in output
+    assert snapshot(workdir / checkpoint.CHECKPOINT_DIR) == before
+    assert_trees_equal(restore(workdir, 4), restore(baseline, 4))
+
+    run(workdir, env, "--config.learning_rate=1e30", "--config.skip_nonfinite_updates=True")
+    records = [r for r in read_metrics(str(workdir)) if "skipped_steps" in r and r["step"] > 4]
+    skipped = [r["step"] for r in records if r["skipped_steps"]]
+    assert bad in skipped and skipped[-1] == STEPS
+    assert steps_on_disk(workdir)[-1] == STEPS
+
+
+def test_resume_with_a_state_changing_config_is_refused_untouched(baseline, tmp_path, env):
+    workdir = copy_run(baseline, tmp_path / "run")
+    before = snapshot(workdir)
+    output = run(workdir, env, "--config.model.alpha=0.5", "--config.optimizer=adamw", ok=False)
+    assert "model.alpha: checkpoint has 0.25, config has 0.5" in output
+    assert "optimizer: checkpoint has 'sgd', config has 'adamw'" in output
+    assert "Use a new --workdir" in output
+    assert snapshot(workdir) == before
+
+
+def test_eval_only_and_the_export_reproduce_the_final_evaluation(baseline, tmp_path, env):
+    workdir = copy_run(baseline, tmp_path / "run")
+    output = run(workdir, env, "--config.eval_only=True")
+    expected = read_metrics(str(baseline))[-1]
+    assert "eval_accuracy" in expected and expected["step"] == STEPS
+    assert read_metrics(str(workdir))[-1] == expected
+    assert f"eval_accuracy={expected['eval_accuracy']:.4f}" in output
+
+    # The export alone: no train state, no optimizer, only the model's fields and the variables.
+    path = str(baseline / "mobilenet_v1.msgpack")
+    with open(path + ".json") as f:
+        model = MobileNetV1(**json.load(f))
+    config = json.loads((baseline / checkpoint.CONFIG_FILE).read_text())
+    images = next(data.create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
+    apply = jax.jit(functools.partial(model.apply, train=False))
+    logits = apply(checkpoint.load_variables(path), images)
+    state = restore(baseline)  # ema_decay is 0 in the digits config: the raw parameters are evaluated
+    expected_logits = apply({"params": state["params"], "batch_stats": state["batch_stats"]}, images)
+    np.testing.assert_array_equal(logits, expected_logits)
+
+
+class _Config(dict):
+    """The flat config.json as the attribute access the data module reads."""
+
+    def __getattr__(self, name: str):
+        return self[name]
+
+
+def test_keeps_the_last_k_and_the_most_accurate_checkpoint(tmp_path, env):
+    workdir = tmp_path / "run"
+    run(
+        workdir,
+        env,
+        "--config.keep_checkpoints=2",
+        "--config.keep_best_checkpoint=True",
+        "--config.eval_every_steps=2",
+        "--config.checkpoint_every_steps=2",
+        "--config.learning_rate=3.0",
+    )
+    accuracy = {r["step"]: r["eval_accuracy"] for r in read_metrics(str(workdir)) if "eval_accuracy" in r}
+    assert sorted(accuracy) == list(range(2, STEPS + 1, 2))
+    best = max(accuracy.values())
+    older = {step: value for step, value in accuracy.items() if step < STEPS - 2}
+    # The test means something only when the best is not among the last two, nor the worst.
+    assert max(older.values()) == best > min(accuracy.values()), accuracy
+    kept = steps_on_disk(workdir)
+    assert kept[-2:] == [STEPS - 2, STEPS] and len(kept) == 3
+    assert accuracy[kept[0]] == best
