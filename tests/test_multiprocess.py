@@ -1,0 +1,131 @@
+"""Two processes on loopback (2 CPU devices each) train as one process with 4 devices.
+
+Each process reads its own slice of every global batch, only process 0 writes metrics, and
+Orbax saves the global arrays of both. The global batches are identical, but the
+cross-process (gloo) all-reduce sums in another order than the in-process one, so the numbers
+agree to rounding, not to the bit. Tiny digits batches amplify rounding within a few steps
+(one process on 2 devices and on 4 devices already differ by percents at step 3), so the run
+is two steps long and only its losses are compared.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import itertools
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import digits
+from mobilenet_jax import checkpoint, data
+from mobilenet_jax.metrics import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 2
+TINY = (
+    "--config=configs/digits.py",
+    "--config.model.alpha=0.25",
+    "--config.image_size=32",
+    "--config.batch_size=16",
+    f"--config.num_train_steps={STEPS}",
+    "--config.warmup_epochs=0",
+    "--config.eval_every_steps=1000",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=4",
+)
+TIMEOUT = 400
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(workdir: pathlib.Path, local_devices: int, *flags: str) -> subprocess.Popen:
+    """`python train.py` on `local_devices` CPU devices, with gloo for cross-process collectives."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    command = [sys.executable, "train.py", *TINY, f"--workdir={workdir}", *flags]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(processes: list[subprocess.Popen]) -> None:
+    """Wait for every process; fail with the output of any that did not exit 0."""
+    outputs = []
+    try:
+        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    for p, output in zip(processes, outputs):
+        assert p.returncode == 0, output[-3000:]
+
+
+def last_state(workdir: pathlib.Path) -> dict:
+    """The final checkpoint's arrays as host numpy, onto this process's first device."""
+    path = workdir / checkpoint.CHECKPOINT_DIR / str(STEPS) / "default"
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = checkpointer.metadata(path).item_metadata
+        target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), saved)
+        return jax.tree.map(np.asarray, checkpointer.restore(path, target))
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+    config = digits.get_config()
+    config.batch_size = 16
+
+    def batches(index: int, count: int) -> list[dict[str, np.ndarray]]:
+        iterator = data.create_train_iterator(config, seed=3, process_index=index, process_count=count, start_step=88)
+        return list(itertools.islice(iterator, 3))  # steps 89-91 cross the epoch boundary at 1,437
+
+    whole, parts = batches(0, 1), [batches(index, 2) for index in range(2)]
+    for step, batch in enumerate(whole):
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(batch[key], np.concatenate([part[step][key] for part in parts]))
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_with_the_same_devices(tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    address = f"127.0.0.1:{free_port()}"
+    distributed = [
+        start(multi, 2, "--distributed", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}")
+        for i in range(2)
+    ]
+    finish(distributed)
+    finish([start(single, 4)])
+
+    records = read_metrics(str(multi))
+    losses = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+    assert [r["step"] for r in records if "train_loss" in r] == list(range(1, STEPS + 1))  # one writer
+    assert len(list((multi / "tensorboard").iterdir())) == 1
+    expected = read_metrics(str(single))
+    expected_losses = {r["step"]: r["train_loss"] for r in expected if "train_loss" in r}
+    assert sorted(losses) == sorted(expected_losses)
+    # Another global batch would change the loss by percents.
+    np.testing.assert_allclose(list(losses.values()), list(expected_losses.values()), rtol=1e-4)
+    assert records[-1]["eval_examples"] == expected[-1]["eval_examples"] == 360
+    np.testing.assert_allclose(records[-1]["eval_loss"], expected[-1]["eval_loss"], rtol=1e-3)
+
+    actual, wanted = last_state(multi), last_state(single)
+    assert jax.tree.structure(actual) == jax.tree.structure(wanted)
+    assert int(actual["step"]) == STEPS
+    # Parameters are not compared: after two steps some leaves already differ by percents.
+    exported = [checkpoint.load_variables(str(d / "mobilenet_v1.msgpack")) for d in (multi, single)]
+    assert jax.tree.structure(exported[0]) == jax.tree.structure(exported[1])
