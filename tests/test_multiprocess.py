@@ -11,13 +11,12 @@ differences.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pathlib
 import socket
 import subprocess
 import sys
-
-import itertools
 
 import jax
 import numpy as np
