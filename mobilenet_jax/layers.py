@@ -43,7 +43,7 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     """Map "auto" to the depthwise implementation that is fastest on `backend`.
 
     CPU: "shifted". Measured on a 2-core Xeon (BENCHMARKS.md), MobileNet 1.0-224, batch 32,
-    float32: train step 5.02 vs 1.20 img/s (4.2x), inference 53.7 vs 10.7 img/s (5.0x) against
+    float32: train step 8.25 vs 2.40 img/s (3.4x), inference 85.0 vs 10.4 img/s (8.1x) against
     the grouped convolution; per layer (32x56x56x128) the input gradient is 34 vs 458 ms. TPUs
     have native depthwise support in XLA, so the canonical convolution stays there. On GPU XLA's
     grouped-convolution backward pass is known to be slow (jax#13800) while the shifted form fuses
