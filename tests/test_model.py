@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -134,3 +137,12 @@ def test_invalid_inputs_raise_before_compiling(shape, message):
     model = MobileNetV1(alpha=0.25)
     with pytest.raises(ValueError, match=message):
         model.init(jax.random.key(0), jnp.zeros(shape))
+
+
+def test_importing_the_package_pulls_in_neither_torch_nor_tensorflow():
+    code = (
+        "import sys, mobilenet_jax, mobilenet_jax.train_state, mobilenet_jax.steps; "
+        "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
