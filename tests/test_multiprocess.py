@@ -16,7 +16,6 @@ import os
 import pathlib
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -25,23 +24,12 @@ import orbax.checkpoint as ocp
 from configs import digits
 from mobilenet_jax import MobileNetV1, checkpoint, data
 from mobilenet_jax.metrics import read_metrics
+from tiny_runs import start_training, tiny_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 2
-TINY = (
-    "--config=configs/digits.py",
-    "--config.model.alpha=0.25",
-    "--config.image_size=32",
-    "--config.batch_size=16",
-    f"--config.num_train_steps={STEPS}",
-    "--config.warmup_epochs=0",
-    # Small steps: at the recipe's rate this tiny model's first updates are so large that float
-    # rounding (another summation order) grows to percents within two steps.
-    "--config.learning_rate=0.004",
-    "--config.eval_every_steps=1000",
-    "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=4",
-)
+# Small steps: at the recipe's rate this tiny model's first updates are so large that float
+# rounding (another summation order) grows to percents within two steps.
+TINY = (*tiny_flags(STEPS), "--config.learning_rate=0.004")
 TIMEOUT = 400
 
 
@@ -61,8 +49,7 @@ def start(workdir: pathlib.Path, local_devices: int, *flags: str) -> subprocess.
         JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
         TF_CPP_MIN_LOG_LEVEL="2",
     )
-    command = [sys.executable, "train.py", *TINY, f"--workdir={workdir}", *flags]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_training(workdir, env, (*TINY, *flags))
 
 
 def finish(processes: list[subprocess.Popen]) -> None:

@@ -26,21 +26,10 @@ import pytest
 from mobilenet_jax import checkpoint, data
 from mobilenet_jax.metrics import read_metrics
 from mobilenet_jax.model import MobileNetV1
+from tiny_runs import ROOT, start_training, tiny_flags
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 16
-TINY = (
-    "--config=configs/digits.py",
-    "--config.model.alpha=0.25",
-    "--config.image_size=32",
-    "--config.batch_size=16",
-    f"--config.num_train_steps={STEPS}",
-    "--config.warmup_epochs=0",
-    "--config.eval_every_steps=1000",
-    "--config.log_every_steps=1",
-    "--config.checkpoint_every_steps=4",
-    "--config.keep_checkpoints=10",
-)
+TINY = (*tiny_flags(STEPS), "--config.keep_checkpoints=10")
 TIMEOUT = 300
 
 
@@ -60,8 +49,7 @@ def env(tmp_path_factory) -> dict[str, str]:
 
 def start(workdir: pathlib.Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:
     """`python train.py` with the tiny config and `overrides`, in the background."""
-    command = [sys.executable, "train.py", *TINY, f"--workdir={workdir}", *overrides]
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_training(workdir, env, (*TINY, *overrides))
 
 
 def run(workdir: pathlib.Path, env: dict[str, str], *overrides: str, ok: bool = True) -> str:
