@@ -77,11 +77,13 @@ class Parallel:
 
 
 def _local(x: Any) -> np.ndarray:
-    """A replicated (or pmap-stacked) array's value as this process sees it."""
+    """A replicated (or pmap-stacked) array's value as this process sees it.
+
+    Across processes only this process's first shard is read: a replicated array's shard is the
+    whole value, a pmap-stacked one's is one replica with its leading device axis of length 1.
+    """
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        if x.sharding.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        return np.stack([np.asarray(s.data)[0] for s in sorted(x.addressable_shards, key=lambda s: s.index)])
+        return np.asarray(x.addressable_data(0))
     return np.asarray(x)
 
 
