@@ -46,6 +46,24 @@ def test_depthwise_implementations_agree_in_value_and_gradients(stride, padding,
 
 
 @pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", ["torch", "same"])
+@pytest.mark.parametrize("batch", [1, 5, 6])
+def test_depthwise_kernel_gradient_forms_equal_the_grouped_convolution_gradient(stride, padding, batch):
+    x, kernel = rand(0, batch, 9, 8, 4), rand(1, 3, 3, 1, 4)
+    pad = layers.conv_padding((9, 8), 3, stride, padding)
+    out, vjp = jax.vjp(lambda k: lax_conv(x, k, stride, pad, groups=4), kernel)
+    dy = rand(2, *out.shape)
+    (expected,) = vjp(dy)
+    forms = {
+        "batched": layers.depthwise_kernel_grad_batched(x, dy, 3, stride, pad),
+        "chunked": layers.depthwise_kernel_grad_chunked(x, dy, 3, stride, pad, images_per_chunk=2),
+        "per backend": layers.depthwise_kernel_grad(x, dy, 3, stride, pad),
+    }
+    for name, grad in forms.items():
+        np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5 * float(jnp.abs(expected).max()), err_msg=name)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [8, 9, 224])
 def test_same_padding_equals_tensorflow_same(stride, size):
     x, kernel = rand(0, 1, size, size, 4), rand(1, 3, 3, 1, 4)
