@@ -110,13 +110,17 @@ def shifted_windows(x: Array, kernel_size: int, stride: int, padding: Padding) -
 
 
 def _sum_of_shifted_windows(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
-    """Depthwise convolution as the sum over taps of shifted (strided) windows times the tap."""
-    taps = kernel.reshape(-1, x.shape[-1])
+    """Depthwise convolution as the sum over taps of shifted (strided) windows times the tap.
+
+    The sum is accumulated in at least float32 (like XLA's convolutions), then cast back.
+    """
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    taps = kernel.reshape(-1, x.shape[-1]).astype(acc)
     windows = shifted_windows(x, kernel.shape[0], stride, padding)
-    out = windows[0] * taps[0]
+    out = windows[0].astype(acc) * taps[0]
     for window, tap in zip(windows[1:], taps[1:]):
-        out = out + window * tap
-    return out
+        out = out + window.astype(acc) * tap
+    return out.astype(x.dtype)
 
 
 def depthwise_kernel_grad_batched(x: Array, dy: Array, kernel_size: int, stride: int, padding: Padding) -> Array:

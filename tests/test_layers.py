@@ -64,6 +64,17 @@ def test_depthwise_kernel_gradient_forms_equal_the_grouped_convolution_gradient(
 
 
 @pytest.mark.parametrize("stride", [1, 2])
+def test_bfloat16_shifted_depthwise_rounds_once_like_the_convolution(stride):
+    x, kernel = rand(0, 4, 16, 16, 64).astype(jnp.bfloat16), rand(1, 3, 3, 1, 64).astype(jnp.bfloat16)
+    pad = ((1, 1), (1, 1))
+    exact = lax_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), stride, pad, groups=64)
+    ours = layers.depthwise_conv_shifted(x, kernel, stride, pad)
+    assert ours.dtype == jnp.bfloat16
+    # Accumulated in float32 and rounded once: within half a bfloat16 ulp (2**-8 relative).
+    np.testing.assert_allclose(ours.astype(jnp.float32), exact, rtol=2**-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("size", [8, 9, 224])
 def test_same_padding_equals_tensorflow_same(stride, size):
     x, kernel = rand(0, 1, size, size, 4), rand(1, 3, 3, 1, 4)
