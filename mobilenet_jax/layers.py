@@ -43,7 +43,7 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     """Map "auto" to the depthwise implementation that is fastest on `backend`.
 
     CPU: "shifted". Measured on a 2-core Xeon (BENCHMARKS.md), MobileNet 1.0-224, batch 32,
-    float32: train step 13.2 vs 3.2 img/s (4.1x), inference 127 vs 14.1 img/s (9.0x) against
+    float32: train step 13.1 vs 2.2 img/s (5.9x), inference 89.6 vs 9.8 img/s (9.1x) against
     the grouped convolution; per layer (32x56x56x128) the input gradient is 34 vs 458 ms. TPUs
     have native depthwise support in XLA, so the canonical convolution stays there. On GPU XLA's
     grouped-convolution backward pass is known to be slow (jax#13800) while the shifted form fuses
