@@ -223,21 +223,42 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def ratios_per_round(result: dict[str, Any], base: dict[str, Any]) -> list[float]:
+    """`base`'s time per call over `result`'s, round by round.
+
+    Both ran within seconds of each other in each round, so a drift of the machine's speed
+    between rounds cancels in these ratios; it does not cancel in the ratio of the medians.
+    """
+    return [b / s for s, b in zip(result["seconds"], base["seconds"])]
+
+
 def table(results: list[dict[str, Any]]) -> str:
-    """A plain-text table: throughput (or latency), spread, compile time, ratio to PyTorch eager."""
+    """A plain-text table: throughput, spread, compile time and the speed ratio to PyTorch eager.
+
+    "vs eager" is the ratio of the median throughputs; "per round" is the median (min-max) of
+    the ratios taken round by round (`ratios_per_round`), the figure to trust on a machine
+    whose speed drifts.
+    """
     eager = {r["kind"]: r for r in results if r["name"] == "torch eager" and "error" not in r}
-    lines = [f"{'kind':8} {'contender':24} {'img/s':>8} {'ms/call':>9} {'min-max ms':>17} {'compile s':>9} {'vs eager':>8}"]
+    lines = [
+        f"{'kind':8} {'contender':24} {'img/s':>8} {'ms/call':>9} {'min-max ms':>17} {'compile s':>9} "
+        f"{'vs eager':>8} {'per round (min-max)':>20}"
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"{r['kind']:8} {r['name']:24} {r['error']}")
             continue
         base = eager.get(r["kind"])
-        ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x" if base else "-"
+        ratio, per_round = "-", "-"
+        if base:
+            ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x"
+            rounds = ratios_per_round(r, base)
+            per_round = f"{statistics.median(rounds):.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
         spread = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}"
         compile_s = f"{r['compile_s']:.1f}" if r["name"].startswith("jax") or "compile" in r["name"] else "-"
         lines.append(
             f"{r['kind']:8} {r['name']:24} {r['images_per_s']:8.2f} {r['median_s'] * 1e3:9.1f} {spread:>17} "
-            f"{compile_s:>9} {ratio:>8}"
+            f"{compile_s:>9} {ratio:>8} {per_round:>20}"
         )
     return "\n".join(lines)
 
