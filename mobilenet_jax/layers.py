@@ -116,10 +116,10 @@ def _sum_of_shifted_windows(x: Array, kernel: Array, stride: int, padding: Paddi
     """
     acc = jnp.promote_types(x.dtype, jnp.float32)
     taps = kernel.reshape(-1, x.shape[-1]).astype(acc)
-    windows = shifted_windows(x, kernel.shape[0], stride, padding)
-    out = windows[0].astype(acc) * taps[0]
+    windows = shifted_windows(x.astype(acc), kernel.shape[0], stride, padding)
+    out = windows[0] * taps[0]
     for window, tap in zip(windows[1:], taps[1:]):
-        out = out + window.astype(acc) * tap
+        out = out + window * tap
     return out.astype(x.dtype)
 
 
@@ -151,11 +151,12 @@ def depthwise_kernel_grad_chunked(
 
 def depthwise_kernel_grad(x: Array, dy: Array, kernel_size: int, stride: int, padding: Padding) -> Array:
     """The depthwise kernel gradient in the form that is fastest per backend: chunked on CPU."""
+    geometry = dict(kernel_size=kernel_size, stride=stride, padding=padding)
     return lax.platform_dependent(
         x,
         dy,
-        cpu=functools.partial(depthwise_kernel_grad_chunked, kernel_size=kernel_size, stride=stride, padding=padding),
-        default=functools.partial(depthwise_kernel_grad_batched, kernel_size=kernel_size, stride=stride, padding=padding),
+        cpu=functools.partial(depthwise_kernel_grad_chunked, **geometry),
+        default=functools.partial(depthwise_kernel_grad_batched, **geometry),
     )
 
 
