@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,6 +159,67 @@ def test_synchronised_batchnorm_equals_one_big_batch():
     np.testing.assert_allclose(sharded[0].reshape(x.shape), single[0], rtol=1e-5, atol=1e-5)
     for name in ("mean", "var"):
         np.testing.assert_allclose(sharded[1]["batch_stats"][name][0], single[1]["batch_stats"][name], rtol=1e-5)
+
+
+def reference_batch_norm_act(x, scale, bias, activation, epsilon=1e-5):
+    """Train-mode BatchNorm written plainly (two-pass variance), differentiated by autodiff."""
+    mean = jnp.mean(x, (0, 1, 2))
+    var = jnp.mean(jnp.square(x - mean), (0, 1, 2))
+    return activation((x - mean) * lax.rsqrt(var + epsilon) * scale + bias), mean, var
+
+
+def batch_norm_act_loss(fn, weights):
+    """A loss that reaches every output of a BatchNorm: the activations and both statistics."""
+    w_out, w_mean, w_var = weights
+
+    def loss(x, scale, bias):
+        out, mean, var = fn(x, scale, bias)
+        return jnp.sum(out * w_out) + jnp.sum(mean * w_mean) + jnp.sum(var * w_var)
+
+    return loss
+
+
+@pytest.mark.parametrize("activation", ["identity", "relu", "relu6"])
+def test_batchnorm_hand_written_gradient_matches_autodiff(activation):
+    act = layers.identity if activation == "identity" else layers.activation_fn(activation)
+    x = rand(0, 4, 5, 3, 6) * 3 + 1
+    scale, bias = 1 + 0.5 * rand(1, 6), 2 * rand(2, 6)
+    weights = (rand(3, *x.shape), rand(4, 6), rand(5, 6))
+    ours = batch_norm_act_loss(lambda *a: layers.batch_norm_act_train(*a, act, 1e-5, None), weights)
+    reference = batch_norm_act_loss(lambda *a: reference_batch_norm_act(*a, act), weights)
+    for got, want in zip(jax.grad(ours, (0, 1, 2))(x, scale, bias), jax.grad(reference, (0, 1, 2))(x, scale, bias)):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_synchronised_batchnorm_gradient_equals_one_big_batch():
+    x, scale, bias = rand(0, 8, 3, 3, 4) * 2 + 1, 1 + rand(1, 4) * 0.3, rand(2, 4)
+    weights = (rand(3, *x.shape), rand(4, 4), rand(5, 4))
+    shard = lambda a: a.reshape(4, 2, *a.shape[1:])
+    loss = lambda axis: batch_norm_act_loss(
+        lambda *a: layers.batch_norm_act_train(*a, nn.relu, 1e-5, axis), weights)
+
+    def shard_loss(x, scale, bias, w_out):
+        w = (w_out, weights[1] / 4, weights[2] / 4)  # every shard sees the same statistics
+        return batch_norm_act_loss(lambda *a: layers.batch_norm_act_train(*a, nn.relu, 1e-5, "batch"), w)(
+            x, scale, bias)
+
+    grads = jax.vmap(jax.grad(shard_loss, (0, 1, 2)), in_axes=(0, None, None, 0), axis_name="batch")(
+        shard(x), scale, bias, shard(weights[0]))
+    single = jax.grad(loss(None), (0, 1, 2))(x, scale, bias)
+    np.testing.assert_allclose(grads[0].reshape(x.shape), single[0], rtol=1e-4, atol=1e-5)
+    for got, want in zip(grads[1:], single[1:]):
+        np.testing.assert_allclose(jnp.sum(got, 0), want, rtol=1e-4, atol=1e-5)
+
+
+def test_batchnorm_keeps_bfloat16_activations_and_gradients():
+    x = (rand(0, 2, 4, 4, 3) * 2).astype(jnp.bfloat16)
+    bn = layers.BatchNorm(activation=nn.relu)
+    variables = bn.init(jax.random.key(0), x, train=False)
+    out, _ = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    grad = jax.grad(lambda v: jnp.sum(bn.apply(variables, v, train=True, mutable=["batch_stats"])[0]))(x)
+    assert out.dtype == grad.dtype == jnp.bfloat16
+    reference = reference_batch_norm_act(x.astype(jnp.float32), 1.0, 0.0, nn.relu)[0]
+    np.testing.assert_allclose(out.astype(jnp.float32), reference, rtol=2**-7, atol=2**-7)
 
 
 def test_auto_picks_per_backend():
