@@ -29,6 +29,7 @@ import numpy as np
 import optax
 import torch
 
+from mobilenet_jax.inference import predict
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.steps import train_step
 from mobilenet_jax.torch_reference import TorchMobileNetV1
@@ -121,9 +122,9 @@ def jax_train(model: MobileNetV1, images: np.ndarray, labels: np.ndarray) -> Cal
 
 
 def jax_infer(model: MobileNetV1, images: np.ndarray) -> Callable[[], Any]:
-    """A jitted eval-mode forward pass, wrapped as a no-argument call."""
+    """The project's jitted eval-mode forward pass (`inference.predict`), as a no-argument call."""
     variables = model.init(jax.random.key(0), images[:1])
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    forward = jax.jit(lambda v, x: predict(model.apply, v, x))
     x = jnp.asarray(images)
     return lambda: forward(variables, x).block_until_ready()
 

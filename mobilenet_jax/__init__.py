@@ -4,6 +4,7 @@
 and `mobilenet_jax.convert`, TensorFlow in `mobilenet_jax.data`.
 """
 
+from mobilenet_jax.inference import predict
 from mobilenet_jax.model import (
     BLOCKS,
     ENDPOINT_BLOCKS,
@@ -23,5 +24,6 @@ __all__ = [
     "Variant",
     "create_model",
     "get_variant",
+    "predict",
     "scaled_channels",
 ]

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mobilenet_jax.inference import predict
 from mobilenet_jax.train_state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -106,7 +107,7 @@ def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) 
     Sums rather than means, so that padded final batches and uneven shards count exactly.
     """
     variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, batch["image"], train=False)
+    logits = predict(state.apply_fn, variables, batch["image"])
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
     top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
     sums = {
