@@ -167,7 +167,8 @@ def depthwise_conv_shifted(x: Array, kernel: Array, stride: int, padding: Paddin
     XLA fuses this into one elementwise loop over the output (and its transpose into another
     for the input gradient), which on CPU is far faster than its grouped-convolution kernels.
     The kernel gradient is `depthwise_kernel_grad`. As a `jax.custom_vjp` it has reverse-mode
-    derivatives only; forward mode (`jax.jvp`, `jax.jacfwd`) needs `impl="conv"`.
+    derivatives only; forward mode (`jax.jvp`, `jax.jacfwd`) needs `impl="conv"` (and eval
+    mode, whose BatchNorm has no custom VJP).
     """
     return _sum_of_shifted_windows(x, kernel, stride, padding)
 
