@@ -43,11 +43,11 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     """Map "auto" to the depthwise implementation that is fastest on `backend`.
 
     CPU: "shifted". Measured on a 2-core Xeon (BENCHMARKS.md), MobileNet 1.0-224, batch 32,
-    float32: train step 13.1 vs 2.2 img/s (5.9x), inference 89.6 vs 9.8 img/s (9.1x) against
-    the grouped convolution; per layer (32x56x56x128) the input gradient is 34 vs 458 ms. TPUs
-    have native depthwise support in XLA, so the canonical convolution stays there. On GPU XLA's
-    grouped-convolution backward pass is known to be slow (jax#13800) while the shifted form fuses
-    into elementwise loops; that choice is reasoned, not yet measured.
+    float32: train step 21.0 vs 2.6 img/s (8.0x), inference 127.6 vs 10.3 img/s (12.4x)
+    against the grouped convolution; per layer (32x56x56x128) the input gradient is 34 vs
+    458 ms. TPUs have native depthwise support in XLA, so the canonical convolution stays there.
+    On GPU XLA's grouped-convolution backward pass is known to be slow (jax#13800) while the
+    shifted form fuses into elementwise loops; that choice is reasoned, not yet measured.
     """
     _choose("depthwise_impl", impl, DEPTHWISE_IMPLS)
     if impl != "auto":
