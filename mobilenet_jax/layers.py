@@ -256,6 +256,12 @@ def _scale_and_shift(x: Array, mul: Array, add: Array) -> Array:
     return x * mul.astype(x.dtype) + add.astype(x.dtype)
 
 
+def count_per_channel(x: Array, axis_name: str | None) -> int | Array:
+    """Elements per channel of `x` (all axes but the last), summed over `axis_name` if set."""
+    count = x.size // x.shape[-1]
+    return count if axis_name is None else count * lax.psum(1, axis_name)
+
+
 def batch_moments(x: Array, axis_name: str | None) -> tuple[Array, Array]:
     """Per-channel mean and biased variance of float32 `x` over all axes but the last.
 
@@ -305,11 +311,10 @@ def _batch_norm_act_backward(activation, epsilon, axis_name, residuals, cotangen
     x32 = x.astype(jnp.float32)
     axes = tuple(range(x.ndim - 1))
     local = jnp.stack([jnp.sum(gz, axes), jnp.sum(gz * x32, axes)])
-    count = x.size // x.shape[-1]
+    count = count_per_channel(x, axis_name)
     total = jnp.concatenate([local, jnp.stack([g_mean, g_var])])
     if axis_name is not None:
         total = lax.psum(total, axis_name)
-        count = count * lax.psum(1, axis_name)
     (sum_gz, sum_gz_x, mean_ct, var_ct) = total
     # Gradients of the loss with respect to the batch mean and variance.
     d_mean = -mul * sum_gz + mean_ct
@@ -362,7 +367,7 @@ class BatchNorm(nn.Module):
         axis_name = None if self.is_initializing() else self.axis_name
         out, mean, var = batch_norm_act_train(x, scale, bias, self.activation, self.epsilon, axis_name)
         if not self.is_initializing():
-            count = x.size // features * (1 if axis_name is None else lax.psum(1, axis_name))
+            count = count_per_channel(x, axis_name)
             correction = count / (count - 1) if self.unbiased_running_var else 1.0
             ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
             ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * correction

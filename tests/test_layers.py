@@ -204,17 +204,15 @@ def test_synchronised_batchnorm_gradient_equals_one_big_batch():
     x, scale, bias = rand(0, 8, 3, 3, 4) * 2 + 1, 1 + rand(1, 4) * 0.3, rand(2, 4)
     weights = (rand(3, *x.shape), rand(4, 4), rand(5, 4))
     shard = lambda a: a.reshape(4, 2, *a.shape[1:])
-    loss = lambda axis: batch_norm_act_loss(
-        lambda *a: layers.batch_norm_act_train(*a, nn.relu, 1e-5, axis), weights)
+    batch_norm = lambda axis: lambda *a: layers.batch_norm_act_train(*a, nn.relu, 1e-5, axis)
 
     def shard_loss(x, scale, bias, w_out):
-        w = (w_out, weights[1] / 4, weights[2] / 4)  # every shard sees the same statistics
-        return batch_norm_act_loss(lambda *a: layers.batch_norm_act_train(*a, nn.relu, 1e-5, "batch"), w)(
-            x, scale, bias)
+        # Every shard sees the same statistics, so each carries a quarter of their weight.
+        return batch_norm_act_loss(batch_norm("batch"), (w_out, weights[1] / 4, weights[2] / 4))(x, scale, bias)
 
     grads = jax.vmap(jax.grad(shard_loss, (0, 1, 2)), in_axes=(0, None, None, 0), axis_name="batch")(
         shard(x), scale, bias, shard(weights[0]))
-    single = jax.grad(loss(None), (0, 1, 2))(x, scale, bias)
+    single = jax.grad(batch_norm_act_loss(batch_norm(None), weights), (0, 1, 2))(x, scale, bias)
     np.testing.assert_allclose(grads[0].reshape(x.shape), single[0], rtol=1e-4, atol=1e-5)
     for got, want in zip(grads[1:], single[1:]):
         np.testing.assert_allclose(jnp.sum(got, 0), want, rtol=1e-4, atol=1e-5)
