@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import jax
 import orbax.checkpoint as ocp
-from flax import serialization
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from mobilenet_jax.train_state import TrainState
+from mobilenet_jax.weights import load_variables, save_variables as export_variables  # noqa: F401
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -139,16 +139,3 @@ def check_resumable(workdir: str, config: Mapping[str, Any], record: bool = True
 def _json_default(value: Any) -> Any:
     """ConfigDicts and other mappings as dicts; anything else as its string."""
     return dict(value) if isinstance(value, Mapping) else str(value)
-
-
-def export_variables(path: str, variables: Mapping[str, Any]) -> None:
-    """Write {"params", "batch_stats"} as a Flax msgpack file that `MobileNetV1` users load."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(serialization.msgpack_serialize(jax.device_get(dict(variables))))
-
-
-def load_variables(path: str) -> dict[str, Any]:
-    """Variables written by `export_variables`: `model.apply(load_variables(path), images)`."""
-    with open(path, "rb") as f:
-        return serialization.msgpack_restore(f.read())

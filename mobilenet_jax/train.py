@@ -6,7 +6,6 @@ on the same workdir resumes from the latest checkpoint, with the input at the sa
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -19,7 +18,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mobilenet_jax import checkpoint, data, optim, parallel
+from mobilenet_jax import checkpoint, data, optim, parallel, weights
 from mobilenet_jax.config_utils import resolve_config
 from mobilenet_jax.metrics import MetricWriter
 from mobilenet_jax.model import MobileNetV1
@@ -38,14 +37,6 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> MobileN
         bn_axis_name=parallel.AXIS if config.sync_batch_stats else None,
         **config.model,
     )
-
-
-def model_fields(model: MobileNetV1) -> dict[str, Any]:
-    """The JSON-ready constructor arguments of `model` for inference (no training-only axis)."""
-    fields = {name: getattr(model, name) for name in model.__dataclass_fields__ if name not in ("parent", "name")}
-    fields.update(bn_axis_name=None, dtype=None if model.dtype is None else jnp.dtype(model.dtype).name)
-    fields["param_dtype"] = jnp.dtype(model.param_dtype).name
-    return fields
 
 
 class PreemptionWatch:
@@ -218,9 +209,6 @@ def _train(config, runner, state, batches: Iterator, start: int, total_steps: in
 
 def _export(config, workdir: str, model: MobileNetV1, state: TrainState) -> None:
     """Write the final (EMA) variables and the model's fields for use without the training code."""
-    if jax.process_index() != 0:
-        return
-    path = config.export_path or os.path.join(workdir, "mobilenet_v1.msgpack")
-    checkpoint.export_variables(path, {"params": state.eval_params(), "batch_stats": state.batch_stats})
-    with open(path + ".json", "w") as f:
-        json.dump(model_fields(model), f, indent=1)
+    if jax.process_index() == 0:
+        path = config.export_path or os.path.join(workdir, "mobilenet_v1.msgpack")
+        weights.save_model(path, model, {"params": state.eval_params(), "batch_stats": state.batch_stats})

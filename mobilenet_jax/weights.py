@@ -1,0 +1,65 @@
+"""Model files: Flax variables as msgpack, with the model's constructor fields beside them as JSON.
+
+`save_model(path, model, variables)` writes `path` (the variables) and `path + ".json"` (the
+fields); `load_model(path)` gives back `(MobileNetV1, variables)`, with nothing of the training
+code, so any Flax user can run a trained or converted model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from etils import epath
+from flax import serialization
+
+from mobilenet_jax.model import MobileNetV1
+
+FIELDS_SUFFIX = ".json"
+
+
+def model_fields(model: MobileNetV1) -> dict[str, Any]:
+    """The JSON-ready constructor arguments of `model` for inference (no mapped BatchNorm axis)."""
+    fields = {name: getattr(model, name) for name in model.__dataclass_fields__ if name not in ("parent", "name")}
+    fields.update(bn_axis_name=None, dtype=None if model.dtype is None else jnp.dtype(model.dtype).name)
+    fields["param_dtype"] = jnp.dtype(model.param_dtype).name
+    return fields
+
+
+def save_variables(path: str, variables: Mapping[str, Any]) -> None:
+    """Write {"params", "batch_stats"} as a Flax msgpack file (local or gs:// path)."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(serialization.msgpack_serialize(jax.device_get(dict(variables))))
+
+
+def load_variables(path: str) -> dict[str, Any]:
+    """Variables written by `save_variables`: `model.apply(load_variables(path), images)`.
+
+    Raises ValueError naming the file when it is not a Flax msgpack file (truncated, or another
+    format).
+    """
+    data = epath.Path(path).read_bytes()
+    try:
+        variables = serialization.msgpack_restore(data)
+    except Exception as error:  # msgpack raises several unrelated types for damaged input
+        raise ValueError(f"{path} is not a readable Flax msgpack variables file ({error}); re-export it") from error
+    if not isinstance(variables, dict) or "params" not in variables:
+        raise ValueError(f"{path} holds no Flax variables (no 'params' collection); is it a model file?")
+    return variables
+
+
+def save_model(path: str, model: MobileNetV1, variables: Mapping[str, Any]) -> None:
+    """Write the variables to `path` and the model's fields to `path + ".json"`."""
+    save_variables(path, variables)
+    epath.Path(path + FIELDS_SUFFIX).write_text(json.dumps(model_fields(model), indent=1))
+
+
+def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:
+    """The model and variables that `save_model` (or a finished training run) wrote at `path`."""
+    fields_path = epath.Path(path + FIELDS_SUFFIX)
+    if not fields_path.exists():
+        raise FileNotFoundError(f"{fields_path} is missing: a model file needs its fields beside it")
+    return MobileNetV1(**json.loads(fields_path.read_text())), load_variables(path)
