@@ -1,9 +1,9 @@
 """Eval-mode forward passes over a batch in chunks of a few images.
 
 In eval mode every image is computed on its own (BatchNorm uses its running statistics), so a
-batch can be split freely. On CPU a chunk of a few images keeps each layer's activations in
-cache and XLA's temporary buffer small: MobileNet 1.0-224 at batch 32 took 212 ms per batch in
-chunks of 4 against 285 ms at once, with the same logits to the last bit (BENCHMARKS.md).
+batch can be split freely, with the same logits to the last bit. A chunk of a few images keeps
+each layer's activations in cache and XLA's temporary buffer small; the backend table
+(`ops.backends`) says where that pays.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-CPU_IMAGES_PER_CHUNK = 4
+from mobilenet_jax.ops.backends import kernel_defaults
 
 
 def default_images_per_chunk(backend: str | None = None) -> int | None:
-    """Images per chunk that suit `backend`: a few on CPU; None (the whole batch) elsewhere."""
-    return CPU_IMAGES_PER_CHUNK if (backend or jax.default_backend()) == "cpu" else None
+    """Images per chunk that suit `backend` (its row of the backend table); None: the whole batch."""
+    return kernel_defaults(backend).inference_images_per_chunk
 
 
 def predict(

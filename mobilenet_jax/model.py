@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -11,6 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from mobilenet_jax import layers
+from mobilenet_jax.ops import backends
+from mobilenet_jax.ops.conv import check_padding
 
 Array = jax.Array
 
@@ -38,6 +41,8 @@ class MobileNetV1(nn.Module):
     Defaults equal the PyTorch reference (`torch_reference.TorchMobileNetV1`): ReLU, symmetric
     padding 1, BatchNorm eps 1e-5 and momentum 0.9 (Flax convention; PyTorch's 0.1). Inputs are
     NHWC images of any size >= 32. `num_classes=0` returns the pooled 1024 * alpha features.
+    `depthwise_impl`, `batch_norm_impl` and `stem_impl` choose how XLA computes those layers
+    ("auto": the backend's row of `ops.backends.BACKEND_DEFAULTS`); all forms share the variables.
     With `return_endpoints=True` the call returns `(output, endpoints)`, endpoints mapping
     "stride_2" ... "stride_32" to the last feature map at that output stride, for backbones.
     """
@@ -52,10 +57,16 @@ class MobileNetV1(nn.Module):
     bn_epsilon: float = 1e-5
     bn_axis_name: str | None = None
     depthwise_impl: str = "auto"
+    batch_norm_impl: str = "auto"
+    stem_impl: str = "auto"
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
     def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real):
+            raise ValueError(f"alpha must be a number > 0, got {self.alpha!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, numbers.Integral):
+            raise ValueError(f"num_classes must be an int >= 0, got {self.num_classes!r}")
         if not self.alpha > 0:
             raise ValueError(f"alpha must be > 0, got {self.alpha}")
         if self.num_classes < 0:
@@ -69,8 +80,10 @@ class MobileNetV1(nn.Module):
                 f"bn_momentum must be in [0, 1) (Flax convention: 1 - PyTorch momentum), got {self.bn_momentum}"
             )
         layers.activation_fn(self.activation)
-        layers.check_padding(self.padding)
-        layers.resolve_depthwise_impl(self.depthwise_impl)
+        check_padding(self.padding)
+        backends.check_form("depthwise_impl", self.depthwise_impl, backends.DEPTHWISE_FORMS)
+        backends.check_form("batch_norm_impl", self.batch_norm_impl, backends.BATCH_NORM_FORMS)
+        backends.check_form("stem_impl", self.stem_impl, backends.STEM_FORMS)
         super().__post_init__()
 
     @property
@@ -88,10 +101,13 @@ class MobileNetV1(nn.Module):
             momentum=self.bn_momentum,
             epsilon=self.bn_epsilon,
             axis_name=self.bn_axis_name,
+            impl=self.batch_norm_impl,
             **precision,
         )
         activation = layers.activation_fn(self.activation)
-        stem = functools.partial(layers.StemConv, features=width(STEM_CHANNELS), padding=self.padding, **precision)
+        stem = functools.partial(
+            layers.StemConv, features=width(STEM_CHANNELS), padding=self.padding, impl=self.stem_impl, **precision
+        )
         depthwise = functools.partial(
             layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **precision
         )

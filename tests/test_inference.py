@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from mobilenet_jax import inference
-from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax import MobileNetV1, inference
+from mobilenet_jax.ops import backends
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,6 @@ def test_predict_rejects_a_bad_chunk_size(model_and_variables, bad):
 
 
 def test_chunks_on_cpu_only():
-    assert inference.default_images_per_chunk("cpu") == inference.CPU_IMAGES_PER_CHUNK
+    assert inference.default_images_per_chunk("cpu") == backends.BACKEND_DEFAULTS["cpu"].inference_images_per_chunk == 4
     assert inference.default_images_per_chunk("gpu") is None
     assert inference.default_images_per_chunk("tpu") is None

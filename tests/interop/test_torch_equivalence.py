@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from mobilenet_jax import MobileNetV1
-from mobilenet_jax.convert import torch_to_flax
-from mobilenet_jax.equivalence import (
+from mobilenet_jax.interop.torch_weights import torch_to_flax
+from mobilenet_jax.tools.equivalence import (
     Case,
     cross_entropy_loss,
     eval_difference,
@@ -21,18 +21,18 @@ from mobilenet_jax.equivalence import (
     to_nchw,
     train_difference,
 )
-from mobilenet_jax.torch_reference import random_reference
+from mobilenet_jax.interop.torch_reference import random_reference
 
-IMPLS = ["conv", "shifted"]
+KERNEL_SETS = ["canonical", "cpu"]
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("forms", KERNEL_SETS)
 @pytest.mark.parametrize(
     "alpha,size,activation",
     [(1.0, 224, "relu"), (0.75, 160, "relu6"), (0.5, 97, "relu"), (0.25, 128, "relu6"), (0.35, 64, "relu")],
 )
-def test_eval_logits_equal_pytorch(impl, alpha, size, activation):
-    diff, scale = eval_difference(Case(alpha, size, activation, impl, seed=1))
+def test_eval_logits_equal_pytorch(forms, alpha, size, activation):
+    diff, scale = eval_difference(Case(alpha, size, activation, forms, seed=1))
     assert scale > 0.1, "logits too small to make the comparison meaningful"
     assert diff <= 1e-4
 
@@ -47,16 +47,16 @@ def test_pooled_features_equal_pytorch_without_classifier():
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-4)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_train_forward_and_running_statistics_equal_pytorch(impl):
-    logits_diff, stats_error = train_difference(Case(0.5, 96, impl=impl, batch=4, seed=3))
+@pytest.mark.parametrize("forms", KERNEL_SETS)
+def test_train_forward_and_running_statistics_equal_pytorch(forms):
+    logits_diff, stats_error = train_difference(Case(0.5, 96, forms=forms, batch=4, seed=3))
     assert logits_diff <= 1e-4
     assert stats_error <= 1e-5
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-def test_gradients_equal_pytorch(impl):
-    errors = gradient_errors(Case(0.5, 96, impl=impl, batch=4, num_classes=10))
+@pytest.mark.parametrize("forms", KERNEL_SETS)
+def test_gradients_equal_pytorch(forms):
+    errors = gradient_errors(Case(0.5, 96, forms=forms, batch=4, num_classes=10))
     assert len(errors) == 13 * 6 + 3 + 2  # every conv kernel, BatchNorm scale and bias, classifier
     assert max(errors.values()) <= 1e-4, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 

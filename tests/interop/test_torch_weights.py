@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mobilenet_jax import MobileNetV1
-from mobilenet_jax.convert import flax_to_torch, infer_model, torch_to_flax
-from mobilenet_jax.torch_reference import random_reference
+from mobilenet_jax.interop.torch_weights import flax_to_torch, infer_model, torch_to_flax
+from mobilenet_jax.interop.torch_reference import random_reference
 
 
 @pytest.mark.parametrize("kwargs", [dict(), dict(alpha=0.25, num_classes=7), dict(alpha=0.5, num_classes=0)])

@@ -1,0 +1,89 @@
+"""Convolution geometry and the matrix-product forms of the full and 1x1 convolutions."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+PADDINGS = ("torch", "same")
+
+
+def check_padding(padding: str) -> str:
+    """`padding` if it names a convention, else a ValueError listing them."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    return padding
+
+
+def conv_padding(size: tuple[int, int], kernel: int, stride: int, padding: str) -> Padding:
+    """Explicit (low, high) padding per spatial axis for a `kernel` x `kernel` convolution.
+
+    "torch" pads (k // 2) on both sides at any stride, like `nn.Conv2d(padding=1)`. "same" is
+    TensorFlow's SAME rule: the total padding is split with the extra pixel at the end, so a
+    stride-2 3x3 conv on an even size pads (0, 1).
+    """
+    if check_padding(padding) == "torch":
+        return ((kernel // 2, kernel // 2),) * 2
+
+    def same(n: int) -> tuple[int, int]:
+        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        return (total // 2, total - total // 2)
+
+    return (same(size[0]), same(size[1]))
+
+
+def shifted_windows(x: Array, kernel_size: int, stride: int, padding: Padding) -> list[Array]:
+    """The k*k strided views of padded `x` that meet kernel tap (i, j), in row-major tap order.
+
+    Window (i, j) holds, at every output pixel, the input value that tap (i, j) multiplies, so a
+    convolution is a sum (depthwise) or a concatenation then GEMM (full) over these views.
+    """
+    xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    n, hp, wp, c = xp.shape
+    out_h = (hp - kernel_size) // stride + 1
+    out_w = (wp - kernel_size) // stride + 1
+    return [
+        lax.slice(
+            xp,
+            (0, i, j, 0),
+            (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
+            (1, stride, stride, 1),
+        )
+        for i in range(kernel_size)
+        for j in range(kernel_size)
+    ]
+
+
+def channel_matmul(x: Array, kernel: Array) -> Array:
+    """x (N, H, W, C) times kernel (C, O) over the channel axis, as one 2-D matrix product.
+
+    Flattening first lets XLA lay out the product's gradients without the transposed copies it
+    makes for the equivalent 4-D einsum on CPU.
+    """
+    n, h, w, c = x.shape
+    return jnp.dot(x.reshape(n * h * w, c), kernel).reshape(n, h, w, kernel.shape[-1])
+
+
+def full_conv(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
+    """A full convolution, kernel (k, k, C_in, C_out), as XLA's convolution."""
+    return lax.conv_general_dilated(
+        x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+def full_conv_matmul(x: Array, kernel: Array, stride: int, padding: Padding) -> Array:
+    """The same convolution as an explicit patch matrix (k*k*C_in wide) times the kernel.
+
+    Worth it for the stem, whose 3 input channels give only 27 values per output pixel: one
+    GEMM, whose gradient is another. Patches are ordered (kh, kw, C_in), the kernel's order.
+    """
+    k, _, _, features = kernel.shape
+    patches = jnp.concatenate(shifted_windows(x, k, stride, padding), axis=-1)
+    return channel_matmul(patches, kernel.reshape(-1, features))
+
+
+STEM_FNS = {"conv": full_conv, "matmul": full_conv_matmul}

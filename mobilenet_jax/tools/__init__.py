@@ -1,0 +1,1 @@
+"""Developer commands: `python -m mobilenet_jax.tools.equivalence` (agreement with PyTorch)."""
