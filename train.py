@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    from mobilenet_jax.train import train_and_evaluate
+    from mobilenet_jax.training import train_and_evaluate
 
     result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     if jax.process_index() == 0 and result:

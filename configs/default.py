@@ -8,7 +8,7 @@ Recipes are selected by the config-file argument, and any field by a flag:
     python train.py --config=configs/default.py --config.batch_size=512 \
         --config.variant=mobilenet_v1_050_160                            # any field, any variant
 
-`mobilenet_jax.config_utils.resolve_config` applies `variant` and checks the names before a run.
+`mobilenet_jax.training.config.resolve` applies `variant` and checks every field before a run.
 """
 
 import ml_collections
@@ -47,7 +47,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     # A named paper variant (e.g. "mobilenet_v1_075_160") sets model.alpha and image_size.
     config.variant = config_dict.placeholder(str)
 
-    # Data: see mobilenet_jax.data. dataset is a TFDS name, "folder" or "digits".
+    # Data: see mobilenet_jax.data (DataSpec). dataset is a TFDS name, "folder" or "digits".
     config.dataset = "imagenet2012"
     config.data_dir = config_dict.placeholder(str)
     config.train_split = "train"
@@ -82,7 +82,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     # False keeps per-device BatchNorm statistics, as the original TF training did.
     config.sync_batch_stats = True
 
-    # Optimisation (mobilenet_jax.optim). learning_rate is per 256 images: the peak rate is
+    # Optimisation (mobilenet_jax.training.optim). learning_rate is per 256 images: the peak rate is
     # learning_rate * batch_size / 256.
     # The recipe of tensorflow/tpu models/official/mobilenet: RMSprop with TF1 semantics (decay
     # 0.9, momentum 0.9, epsilon 1.0 inside the square root, mean square starting at 1.0), 0.165

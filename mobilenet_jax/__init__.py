@@ -1,7 +1,8 @@
 """MobileNet v1 in JAX/Flax, numerically equal to its PyTorch reference.
 
-`import mobilenet_jax` needs only JAX and Flax: PyTorch lives in `mobilenet_jax.torch_reference`
-and `mobilenet_jax.convert`, TensorFlow in `mobilenet_jax.data`.
+`import mobilenet_jax` needs only JAX and Flax: PyTorch lives in `mobilenet_jax.interop`,
+TensorFlow in `mobilenet_jax.data`; `mobilenet_jax.training` trains, `mobilenet_jax.weights`
+reads and writes model files.
 """
 
 from mobilenet_jax.inference import predict
@@ -15,6 +16,7 @@ from mobilenet_jax.model import (
     get_variant,
     scaled_channels,
 )
+from mobilenet_jax.weights import load_model, save_model
 
 __all__ = [
     "BLOCKS",
@@ -24,6 +26,8 @@ __all__ = [
     "Variant",
     "create_model",
     "get_variant",
+    "load_model",
     "predict",
+    "save_model",
     "scaled_channels",
 ]

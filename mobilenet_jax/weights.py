@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
-from etils import epath
+from mobilenet_jax.paths import to_path
 from flax import serialization
 
 from mobilenet_jax.model import MobileNetV1
@@ -30,7 +30,7 @@ def model_fields(model: MobileNetV1) -> dict[str, Any]:
 
 def save_variables(path: str, variables: Mapping[str, Any]) -> None:
     """Write {"params", "batch_stats"} as a Flax msgpack file (local or gs:// path)."""
-    path = epath.Path(path)
+    path = to_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(serialization.msgpack_serialize(jax.device_get(dict(variables))))
 
@@ -41,7 +41,7 @@ def load_variables(path: str) -> dict[str, Any]:
     Raises ValueError naming the file when it is not a Flax msgpack file (truncated, or another
     format).
     """
-    data = epath.Path(path).read_bytes()
+    data = to_path(path).read_bytes()
     try:
         variables = serialization.msgpack_restore(data)
     except Exception as error:  # msgpack raises several unrelated types for damaged input
@@ -54,12 +54,12 @@ def load_variables(path: str) -> dict[str, Any]:
 def save_model(path: str, model: MobileNetV1, variables: Mapping[str, Any]) -> None:
     """Write the variables to `path` and the model's fields to `path + ".json"`."""
     save_variables(path, variables)
-    epath.Path(path + FIELDS_SUFFIX).write_text(json.dumps(model_fields(model), indent=1))
+    to_path(path + FIELDS_SUFFIX).write_text(json.dumps(model_fields(model), indent=1))
 
 
 def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:
     """The model and variables that `save_model` (or a finished training run) wrote at `path`."""
-    fields_path = epath.Path(path + FIELDS_SUFFIX)
+    fields_path = to_path(path + FIELDS_SUFFIX)
     if not fields_path.exists():
         raise FileNotFoundError(f"{fields_path} is missing: a model file needs its fields beside it")
     return MobileNetV1(**json.loads(fields_path.read_text())), load_variables(path)

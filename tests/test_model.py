@@ -140,8 +140,10 @@ def test_invalid_inputs_raise_before_compiling(shape, message):
 
 
 def test_importing_the_package_pulls_in_neither_torch_nor_tensorflow():
+    # The config gate and the step functions too: a config is checked before any framework loads.
     code = (
-        "import sys, mobilenet_jax, mobilenet_jax.train_state, mobilenet_jax.steps; "
+        "import sys, mobilenet_jax, mobilenet_jax.training.config, mobilenet_jax.training.step, "
+        "mobilenet_jax.data.spec, mobilenet_jax.weights; "
         "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

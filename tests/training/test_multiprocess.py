@@ -1,4 +1,4 @@
-"""Two processes on loopback (2 CPU devices each) train as one process with 4 devices.
+"""Two processes on loopback (2 CPU devices each) train as one process with 4 devices, under jit and pmap.
 
 Each process reads its own slice of every global batch, only process 0 writes metrics, and
 Orbax saves the global arrays of both. The global batches are identical, but the
@@ -20,10 +20,12 @@ import subprocess
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from configs import digits
-from mobilenet_jax import MobileNetV1, checkpoint, data
-from mobilenet_jax.metrics import read_metrics
+from mobilenet_jax import MobileNetV1, data, weights
+from mobilenet_jax.training import checkpoint
+from mobilenet_jax.training.metrics import read_metrics
 from tiny_runs import start_training, tiny_flags
 
 STEPS = 2
@@ -94,15 +96,21 @@ def tree_norm(tree) -> float:
     return float(np.sqrt(sum(np.sum(np.square(leaf)) for leaf in jax.tree.leaves(tree))))
 
 
-def test_two_processes_train_as_one_with_the_same_devices(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("parallelism", ["jit", "pmap"])
+def test_two_processes_train_as_one_with_the_same_devices(tmp_path, parallelism):
     single, multi = tmp_path / "single", tmp_path / "multi"
     address = f"127.0.0.1:{free_port()}"
+    mapping = f"--config.parallelism={parallelism}"
     distributed = [
-        start(multi, 2, "--distributed", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}")
+        start(
+            multi, 2, "--distributed", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}",
+            mapping,
+        )
         for i in range(2)
     ]
     finish(distributed)
-    finish([start(single, 4)])
+    finish([start(single, 4, mapping)])
 
     records = read_metrics(str(multi))
     losses = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
@@ -127,5 +135,5 @@ def test_two_processes_train_as_one_with_the_same_devices(tmp_path):
     update = tree_norm(jax.tree.map(np.subtract, wanted["params"], initial["params"]))
     difference = tree_norm(jax.tree.map(np.subtract, actual["params"], wanted["params"]))
     assert update > 0 and difference / update < 0.02, (difference, update)
-    exported = [checkpoint.load_variables(str(d / "mobilenet_v1.msgpack")) for d in (multi, single)]
+    exported = [weights.load_variables(str(d / "mobilenet_v1.msgpack")) for d in (multi, single)]
     assert jax.tree.structure(exported[0]) == jax.tree.structure(exported[1])

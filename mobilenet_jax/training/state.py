@@ -1,26 +1,22 @@
-"""The training state: parameters, BatchNorm statistics, optimizer state and parameter EMA."""
+"""The training state: Flax's TrainState plus BatchNorm statistics and the parameter EMA."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+from flax.training import train_state
 
 
-class TrainState(struct.PyTreeNode):
-    """Everything a training step reads and writes; `apply_fn` and `tx` are static."""
+class TrainState(train_state.TrainState):
+    """Everything a training step reads and writes; `apply_fn`, `tx` and `ema_decay` are static."""
 
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: optax.OptState
-    ema_params: Any
-    apply_fn: Callable = struct.field(pytree_node=False)
-    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    batch_stats: Any = None
+    ema_params: Any = None
     ema_decay: float = struct.field(pytree_node=False, default=0.0)
 
     def eval_params(self) -> Any:
@@ -42,12 +38,12 @@ def create_train_state(
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
+        apply_fn=model.apply,
         params=params,
-        batch_stats=variables["batch_stats"],
+        tx=tx,
         opt_state=tx.init(params),
+        batch_stats=variables["batch_stats"],
         # A copy: donated steps must not see one buffer twice.
         ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
-        apply_fn=model.apply,
-        tx=tx,
         ema_decay=ema_decay,
     )

@@ -2,12 +2,15 @@
 
 import importlib
 
+import jax.numpy as jnp
+
 import ml_collections
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from mobilenet_jax import config_utils, optim
+from mobilenet_jax.training import config as config_gate
+from mobilenet_jax.training import optim
 
 CONFIGS = ["default", "tpu", "gpu", "digits"]
 
@@ -19,7 +22,7 @@ def load(name: str, *args: str) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_resolves(name):
-    config = config_utils.resolve_config(load(name))
+    config = config_gate.resolve_config(load(name))
     assert config.optimizer in optim.OPTIMIZERS and config.lr_schedule in optim.SCHEDULES
     assert config.batch_size % 8 == 0 or name == "digits"
     assert "num_classes" not in config.model
@@ -27,9 +30,9 @@ def test_every_config_resolves(name):
 
 @pytest.mark.parametrize("recipe", ["rmsprop", "sgd", "adamw"])
 def test_recipes_resolve_and_build_an_optimizer(recipe):
-    config = config_utils.resolve_config(load("default", recipe))
-    assert config.optimizer == recipe
-    optim.create_optimizer(config, steps_per_epoch=1251)
+    experiment = config_gate.resolve(load("default", recipe))
+    assert experiment.optimizer.optimizer == recipe
+    optim.create_optimizer(experiment.optimizer, steps_per_epoch=1251)
 
 
 def test_default_is_the_cloud_tpu_recipe():
@@ -40,7 +43,7 @@ def test_default_is_the_cloud_tpu_recipe():
         0.9,
         1.0,
     )
-    assert optim.scaled_learning_rate(config) == pytest.approx(0.165)
+    assert optim.scaled_learning_rate(config_gate.resolve(config).optimizer) == pytest.approx(0.165)
     assert (config.lr_schedule, config.lr_decay_rate, config.lr_decay_epochs) == ("exponential", 0.94, 3.0)
     assert (config.weight_decay, config.weight_decay_depthwise, config.ema_decay) == (4e-5, False, 0.9999)
     assert (config.image_size, config.model.alpha, config.label_smoothing) == (224, 1.0, 0.0)
@@ -49,7 +52,8 @@ def test_default_is_the_cloud_tpu_recipe():
 def test_hardware_configs_keep_the_rate_per_256_images():
     base, tpu, gpu = load("default"), load("tpu"), load("gpu")
     assert tpu.learning_rate == gpu.learning_rate == base.learning_rate
-    assert optim.scaled_learning_rate(tpu) == pytest.approx(4 * optim.scaled_learning_rate(base))
+    rate = lambda config: optim.scaled_learning_rate(config_gate.resolve(config).optimizer)
+    assert rate(tpu) == pytest.approx(4 * rate(base))
     assert (tpu.batch_size, tpu.half_precision, gpu.batch_size, gpu.half_precision) == (
         4096,
         True,
@@ -61,13 +65,13 @@ def test_hardware_configs_keep_the_rate_per_256_images():
 def test_variant_sets_alpha_and_image_size():
     config = load("default")
     config.variant = "mobilenet_v1_075_160"
-    resolved = config_utils.resolve_config(config)
+    resolved = config_gate.resolve_config(config)
     assert (resolved.model.alpha, resolved.image_size) == (0.75, 160)
     assert (config.model.alpha, config.image_size) == (1.0, 224)  # the input is left alone
 
 
 def test_resolved_config_is_locked():
-    resolved = config_utils.resolve_config(load("default"))
+    resolved = config_gate.resolve_config(load("default"))
     with pytest.raises(AttributeError):
         resolved.batchsize = 512  # a typo must not silently add a field
 
@@ -86,7 +90,7 @@ def test_resolved_config_is_locked():
             r"unknown optimizer 'adam'; set --config.optimizer to one of \['rmsprop', 'sgd', 'adamw'\]",
         ),
         ("lr_schedule", "linear", r"unknown lr_schedule 'linear'"),
-        ("normalization", "torch", r"unknown normalization 'torch'.*'imagenet'"),
+        ("normalization", "torch", r"normalization must be one of .*'imagenet'.*got 'torch'"),
         ("parallelism", "pjit", r"unknown parallelism 'pjit'.*\['jit', 'pmap'\]"),
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
     ],
@@ -95,7 +99,7 @@ def test_bad_names_raise_with_the_fix(field, value, match):
     config = load("default")
     config[field] = value
     with pytest.raises(ValueError, match=match):
-        config_utils.resolve_config(config)
+        config_gate.resolve_config(config)
 
 
 def test_bad_model_fields_raise():
@@ -104,11 +108,11 @@ def test_bad_model_fields_raise():
     with pytest.raises(
         ValueError, match=r"config.model has unknown fields \['width'\]; MobileNetV1 takes .*'alpha'"
     ):
-        config_utils.resolve_config(config)
+        config_gate.resolve_config(config)
     config = load("default")
     config.model.alpha = -1.0
     with pytest.raises(ValueError, match="alpha must be > 0"):
-        config_utils.resolve_config(config)
+        config_gate.resolve_config(config)
 
 
 def test_unknown_recipe_raises():
@@ -128,7 +132,7 @@ def test_command_line_recipe_and_overrides():
     # The override flags are defined from the argv the flag is declared with.
     config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
     flag_values(argv)
-    config = config_utils.resolve_config(flag_values.config)
+    config = config_gate.resolve_config(flag_values.config)
     assert (config.optimizer, config.nesterov, config.lr_schedule) == ("sgd", True, "cosine")
     assert (config.batch_size, config.data_dir, config.model.alpha, config.image_size) == (
         512,
@@ -138,15 +142,34 @@ def test_command_line_recipe_and_overrides():
     )
 
 
-def test_normalizations_match_the_data_module():
-    data = pytest.importorskip("mobilenet_jax.data")
-    assert sorted(config_utils.NORMALIZATIONS) == sorted(data._RGB_MEAN_STD)
-
-
 def test_digits_config_fits_the_digits_dataset():
     data = pytest.importorskip("mobilenet_jax.data")
-    config = config_utils.resolve_config(load("digits"))
-    info = data.get_dataset_info(config)
+    config = config_gate.resolve_config(load("digits"))
+    info = data.get_dataset_info(config_gate.resolve(config).data)
     assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
     assert config.eval_every_steps == info.num_train_examples // config.batch_size
     assert info.num_eval_examples % config.eval_batch_size == 0
+
+
+def test_unknown_fields_are_named_before_anything_runs():
+    config = load("digits")
+    config.unlock()
+    config.bogus = 1
+    with pytest.raises(ValueError, match=r"config has unknown fields \['bogus'\]"):
+        config_gate.resolve(config)
+
+
+@pytest.mark.parametrize("field", ["eval_every_steps", "checkpoint_every_steps", "log_every_steps"])
+def test_zero_intervals_are_refused(field):
+    config = load("digits")
+    config[field] = 0
+    with pytest.raises(ValueError, match=f"{field} must be >= 1, got 0"):
+        config_gate.resolve(config)
+
+
+def test_the_gate_builds_every_spec():
+    experiment = config_gate.resolve(load("gpu"))
+    assert experiment.data.batch_size == experiment.optimizer.batch_size == 2048
+    assert experiment.step.sync_batch_stats and experiment.loop.parallelism == "jit"
+    model = experiment.create_model(1000)
+    assert model.dtype == jnp.bfloat16 and model.bn_axis_name is None and model.num_classes == 1000

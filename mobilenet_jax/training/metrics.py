@@ -1,17 +1,21 @@
 """Training metrics: JSON lines and TensorBoard event files in the workdir, a console progress bar.
 
-Only process 0 writes; the other processes get a writer that does nothing.
+Only process 0 writes; the other processes get a writer that does nothing. TensorBoard events
+are written with TensorFlow's own summary writer (TensorFlow is already the input pipeline's
+framework), which also writes to gs:// workdirs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
+from mobilenet_jax.paths import to_path
+
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _plain(value: Any) -> Any:
@@ -27,12 +31,17 @@ class MetricWriter:
         self.enabled = enabled
         if not enabled:
             return
-        from tensorboardX import SummaryWriter  # imported here: only process 0 needs it
+        import tensorflow as tf  # imported here: only process 0 needs it
         from tqdm import tqdm
 
-        os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a", buffering=1)
-        self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        from mobilenet_jax.data.preprocess import keep_tensorflow_off_accelerators
+
+        keep_tensorflow_off_accelerators()
+        workdir = to_path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (workdir / METRICS_FILE).open("a")
+        self._tensorboard = tf.summary.create_file_writer(str(workdir / TENSORBOARD_DIR))
+        self._scalar = tf.summary.scalar
         self._progress = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
@@ -41,9 +50,11 @@ class MetricWriter:
             return
         record = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "step" and isinstance(value, (int, float)):
-                self._tensorboard.add_scalar(key, value, step)
+        self._jsonl.flush()
+        with self._tensorboard.as_default():
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self._scalar(key, value, step=step)
         shown = {k: f"{v:.4g}" for k, v in record.items() if k != "step" and isinstance(v, float)}
         self._progress.set_postfix(shown, refresh=False)
 
@@ -62,5 +73,5 @@ class MetricWriter:
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
     """All records of `workdir/metrics.jsonl`, in order."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    text = (to_path(workdir) / METRICS_FILE).read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]

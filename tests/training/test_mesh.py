@@ -8,14 +8,17 @@ import numpy as np
 import optax
 import pytest
 
-from mobilenet_jax import MobileNetV1, parallel, steps
-from mobilenet_jax.train_state import create_train_state
+from mobilenet_jax import MobileNetV1
+from mobilenet_jax.training import mesh, step as steps
+from mobilenet_jax.training.state import create_train_state
 
 pytestmark = pytest.mark.skipif(jax.device_count() != 8, reason="needs 8 (simulated) devices")
 
 
-def fresh_state(axis_name: str | None, ema_decay: float = 0.9):
-    model = MobileNetV1(num_classes=10, alpha=0.25, bn_axis_name=axis_name)
+MODEL = MobileNetV1(num_classes=10, alpha=0.25)
+
+
+def fresh_state(model: MobileNetV1 = MODEL, ema_decay: float = 0.9):
     return create_train_state(jax.random.key(0), model, optax.sgd(0.1, momentum=0.9), 32, ema_decay=ema_decay)
 
 
@@ -30,8 +33,9 @@ def random_batch(seed: int, size: int = 16) -> dict[str, np.ndarray]:
 
 def parallel_run(kind: str, batch, sync_batch_stats: bool = True):
     """One train step and one eval step mapped over the 8 devices with `kind`."""
-    runner = parallel.make_parallel(kind, sync_batch_stats=sync_batch_stats)
-    state = runner.from_global(fresh_state(parallel.AXIS if sync_batch_stats else None))
+    runner = mesh.make_parallel(kind, MODEL, steps.StepOptions(sync_batch_stats=sync_batch_stats))
+    assert runner.model.bn_axis_name == (mesh.AXIS if sync_batch_stats else None)
+    state = runner.from_global(fresh_state(runner.model))
     state, metrics = runner.train_step(state, runner.put_batch(batch), jax.random.key(1))
     sums = runner.eval_step(state, runner.put_batch(batch))
     # Through the checkpoint form and back, as a resumed run would see it.
@@ -42,7 +46,7 @@ def parallel_run(kind: str, batch, sync_batch_stats: bool = True):
 @pytest.fixture(scope="module")
 def runs():
     batch = random_batch(0)
-    single_state, single_metrics = jax.jit(steps.train_step)(fresh_state(None), batch, jax.random.key(1))
+    single_state, single_metrics = jax.jit(steps.train_step)(fresh_state(), batch, jax.random.key(1))
     single_sums = jax.jit(steps.eval_step)(single_state, batch)
     return {
         "single": jax.device_get((single_state, single_metrics, single_sums)),
@@ -74,7 +78,7 @@ def test_eight_devices_equal_one_device_on_the_global_batch(runs):
     chex.assert_trees_all_close(metrics_jit["train_loss"], metrics_one["train_loss"], rtol=1e-5)
     chex.assert_trees_all_close(sums_jit, sums_one, rtol=1e-4)
     assert float(sums_one["count"]) == 13.0
-    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state_one.params, fresh_state(None).params)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state_one.params, fresh_state().params)
     assert min(jax.tree.leaves(moved)) > 0
 
 

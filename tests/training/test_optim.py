@@ -9,16 +9,22 @@ import optax
 import pytest
 
 from configs import default
-from mobilenet_jax import optim
+from mobilenet_jax.training import config as config_gate
+from mobilenet_jax.training import optim
 from mobilenet_jax.model import BLOCKS, MobileNetV1
 
 
-def make_config(**overrides):
-    """The default config with `overrides`; no warm-up, weight decay or EMA unless asked."""
+def optimizer_spec(config) -> optim.OptimizerSpec:
+    """The OptimizerSpec the config gate builds from `config`."""
+    return config_gate.resolve(config).optimizer
+
+
+def make_config(**overrides) -> optim.OptimizerSpec:
+    """The default recipe's optimizer with `overrides`; no warm-up, weight decay or EMA unless asked."""
     config = default.get_config()
     config.update(dict(warmup_epochs=0.0, weight_decay=0.0, ema_decay=0.0))
     config.update(overrides)
-    return config
+    return optimizer_spec(config)
 
 
 def lr_at(schedule, *steps):
@@ -34,7 +40,7 @@ def test_learning_rate_scales_linearly_with_batch_size():
     assert optim.scaled_learning_rate(make_config(learning_rate=0.1, batch_size=256)) == pytest.approx(0.1)
     assert optim.scaled_learning_rate(make_config(learning_rate=0.1, batch_size=1024)) == pytest.approx(0.4)
     # The default recipe: 0.165 at batch 1024, the Cloud TPU reference.
-    assert optim.scaled_learning_rate(default.get_config()) == pytest.approx(0.165)
+    assert optim.scaled_learning_rate(optimizer_spec(default.get_config())) == pytest.approx(0.165)
     small = optim.create_learning_rate_schedule(make_config(lr_schedule="constant", batch_size=128), 10)
     large = optim.create_learning_rate_schedule(make_config(lr_schedule="constant", batch_size=512), 10)
     assert lr_at(large, 7)[0] == pytest.approx(4 * lr_at(small, 7)[0])

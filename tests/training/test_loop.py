@@ -12,9 +12,11 @@ import pytest
 
 from configs import digits
 from mobilenet_jax import MobileNetV1
-from mobilenet_jax.checkpoint import load_variables
-from mobilenet_jax.metrics import read_metrics
-from mobilenet_jax.train import train_and_evaluate
+from mobilenet_jax.weights import load_variables
+from mobilenet_jax.training.metrics import read_metrics
+from mobilenet_jax.training import train_and_evaluate
+
+pytestmark = pytest.mark.slow
 
 TEST_IMAGES = 360
 

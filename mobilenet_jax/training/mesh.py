@@ -1,6 +1,7 @@
 """Data parallelism over every device of every process, with `jax.jit` + `shard_map` or `jax.pmap`.
 
-Both wrap the same step functions (`steps.py`) with a named batch axis. The state is replicated:
+Both wrap the same step functions (`step.py`) with a named batch axis, and `make_parallel` pairs
+the model's BatchNorm axis with the step's `sync_batch_stats`, so the two cannot disagree. The state is replicated:
 on the mesh as global arrays with a fully replicated sharding, under pmap with a leading device
 axis. Checkpoints always see the mesh form (`to_global` / `from_global`), so a run can resume
 under either.
@@ -16,8 +17,9 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mobilenet_jax import steps
-from mobilenet_jax.train_state import TrainState
+from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax.training import step as steps
+from mobilenet_jax.training.state import TrainState
 
 AXIS = "data"
 PARALLELISMS = ("jit", "pmap")
@@ -44,6 +46,7 @@ class Parallel:
 
     kind: str
     mesh: jax.sharding.Mesh
+    model: MobileNetV1  # the model the mapped steps need: build the train state from it
     train_step: Callable[[Any, dict, jax.Array], tuple[Any, dict]]
     eval_step: Callable[[Any, dict], dict]
 
@@ -87,33 +90,27 @@ def _local(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def make_parallel(
-    kind: str,
-    *,
-    label_smoothing: float = 0.0,
-    sync_batch_stats: bool = True,
-    skip_nonfinite_updates: bool = False,
-) -> Parallel:
+def data_parallel_model(model: MobileNetV1, sync_batch_stats: bool) -> MobileNetV1:
+    """`model` as the mapped train step needs it: BatchNorm synchronised over AXIS, or per device."""
+    return model.clone(bn_axis_name=AXIS if sync_batch_stats else None)
+
+
+def make_parallel(kind: str, model: MobileNetV1, options: steps.StepOptions = steps.StepOptions()) -> Parallel:
     """The train and eval steps mapped over all devices with `kind` ("jit" or "pmap").
 
-    The model in the state must use `bn_axis_name=parallel.AXIS` when `sync_batch_stats`.
-    The train step donates its input state.
+    Build the train state from the returned `Parallel.model`. The train step donates its
+    input state.
     """
     if kind not in PARALLELISMS:
-        raise ValueError(f"parallelism must be one of {PARALLELISMS}, got {kind!r}")
-    train = functools.partial(
-        steps.train_step,
-        axis_name=AXIS,
-        label_smoothing=label_smoothing,
-        sync_batch_stats=sync_batch_stats,
-        skip_nonfinite_updates=skip_nonfinite_updates,
-    )
+        raise ValueError(f"unknown parallelism {kind!r}; set --config.parallelism to one of {list(PARALLELISMS)}")
+    train = functools.partial(steps.train_step, axis_name=AXIS, **dataclasses.asdict(options))
     evaluate = functools.partial(steps.eval_step, axis_name=AXIS)
     mesh = global_mesh()
     if kind == "pmap":
         return Parallel(
             kind,
             mesh,
+            data_parallel_model(model, options.sync_batch_stats),
             jax.pmap(train, axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=0),
             jax.pmap(evaluate, axis_name=AXIS),
         )
@@ -123,6 +120,7 @@ def make_parallel(
     return Parallel(
         kind,
         mesh,
+        data_parallel_model(model, options.sync_batch_stats),
         jax.jit(shard(train, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P())), donate_argnums=0),
         jax.jit(shard(evaluate, in_specs=(P(), P(AXIS)), out_specs=P())),
     )

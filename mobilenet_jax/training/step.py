@@ -1,12 +1,13 @@
 """The training and evaluation steps: pure functions of (state, batch[, rng]).
 
 Both are written once for a named batch axis. With `axis_name=None` they run on one device;
-`parallel.py` maps them over devices with `jax.pmap` or `jax.jit` + `jax.shard_map`, and then
+`mesh.py` maps them over devices with `jax.pmap` or `jax.jit` + `jax.shard_map`, and then
 gradients, metrics and (synchronised) BatchNorm statistics are averaged over that axis.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -15,10 +16,23 @@ import optax
 from jax import lax
 
 from mobilenet_jax.inference import predict
-from mobilenet_jax.train_state import TrainState
+from mobilenet_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """How the train step treats its batch; see `train_step`."""
+
+    label_smoothing: float = 0.0
+    sync_batch_stats: bool = True
+    skip_nonfinite_updates: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

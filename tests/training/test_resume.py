@@ -24,11 +24,14 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from mobilenet_jax import checkpoint, data
-from mobilenet_jax.metrics import read_metrics
+from mobilenet_jax import data, weights
+from mobilenet_jax.training import checkpoint
+from mobilenet_jax.training.metrics import read_metrics
 from mobilenet_jax.model import MobileNetV1
-from mobilenet_jax.train_state import create_train_state
+from mobilenet_jax.training.state import create_train_state
 from tiny_runs import ROOT, start_training, tiny_flags
+
+pytestmark = pytest.mark.slow
 
 STEPS = 16
 TINY = (*tiny_flags(STEPS), "--config.keep_checkpoints=10")
@@ -145,8 +148,8 @@ def test_sigterm_checkpoints_exits_cleanly_and_resumes_bit_identically(baseline,
     assert train_losses(workdir) == train_losses(baseline)
     assert_trees_equal(restore(workdir), restore(baseline))
     assert_trees_equal(
-        checkpoint.load_variables(str(workdir / "mobilenet_v1.msgpack")),
-        checkpoint.load_variables(str(baseline / "mobilenet_v1.msgpack")),
+        weights.load_variables(str(workdir / "mobilenet_v1.msgpack")),
+        weights.load_variables(str(baseline / "mobilenet_v1.msgpack")),
     )
 
 
@@ -176,8 +179,8 @@ KILL_MID_SAVE = textwrap.dedent(
     """
     import os, signal, sys, time
     import jax.numpy as jnp
-    from mobilenet_jax import checkpoint
-    from mobilenet_jax.train_state import TrainState
+    from mobilenet_jax.training import checkpoint
+    from mobilenet_jax.training.state import TrainState
 
     def state(step, value):
         params = {f"w{i}": jnp.full((4096, 4096), value, jnp.float32) for i in range(4)}
@@ -250,7 +253,7 @@ def test_eval_only_and_the_export_reproduce_the_final_evaluation(baseline, tmp_p
     config = json.loads((baseline / checkpoint.CONFIG_FILE).read_text())
     images = next(data.create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
     apply = jax.jit(functools.partial(model.apply, train=False))
-    logits = apply(checkpoint.load_variables(path), images)
+    logits = apply(weights.load_variables(path), images)
     state = restore(baseline)  # ema_decay is 0 in the digits config: the raw parameters are evaluated
     expected_logits = apply({"params": state["params"], "batch_stats": state["batch_stats"]}, images)
     np.testing.assert_array_equal(logits, expected_logits)

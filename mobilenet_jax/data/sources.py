@@ -1,0 +1,273 @@
+"""Datasets behind one protocol: TFDS by name, a folder of images, and the offline digits.
+
+`open_source(spec)` opens a dataset once (metadata and file lists, never images) and returns a
+`Source`: its `DatasetInfo`, how its images are augmented, and a function that hands each
+process its part of a split. The pipeline (`pipeline.py`) does the rest the same way for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from sklearn import datasets as sklearn_datasets
+from sklearn import model_selection
+from sklearn import utils as sklearn_utils
+
+from mobilenet_jax.data.preprocess import EVAL_CROP_PADDING, keep_tensorflow_off_accelerators
+from mobilenet_jax.data.spec import DatasetInfo, DataSpec
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# Held-out splits use their own fixed seed so the test set never moves with the training seed.
+SPLIT_SEED = 0
+DIGITS_NUM_TEST = 360
+# Digits fill their 8x8 frame: crop mildly, never flip, evaluate on the whole image.
+DIGITS_CROP_MIN_AREA = 0.6
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """How a source's images are cropped; everything else is shared by all sources."""
+
+    crop_min_area: float
+    flip: bool
+    eval_crop_padding: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One process's share of a split, before shuffling and preprocessing."""
+
+    records: tf.data.Dataset  # {"image", "label": int32} in a fixed order
+    count: int  # examples in this process's share
+    max_count: int  # examples in the largest share of any process
+    load: Callable[[tf.Tensor], tf.Tensor]  # record image -> encoded bytes or an HWC tensor
+    shuffle_buffer: int
+    # The whole split for every process, which keeps its slice of each global batch.
+    whole: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A dataset opened and checked once per run, ready to hand out per-process parts of its splits."""
+
+    info: DatasetInfo
+    augment: Augment
+    part: Callable[..., Part]  # (train, process_index, process_count, seed) -> Part
+
+
+def open_source(spec: DataSpec) -> Source:
+    """The dataset of `spec`, opened and checked (metadata and file lists only, no image is read)."""
+    keep_tensorflow_off_accelerators()
+    if spec.dataset == "digits":
+        return _digits_source(spec.image_size)
+    if spec.dataset == "folder":
+        return _folder_source(spec)
+    return _tfds_source(spec)
+
+
+def _tfds_source(spec: DataSpec) -> Source:
+    """A TFDS image-classification dataset, read undecoded so decoding can fuse with the crop."""
+    builder = _tfds_builder(spec.dataset, spec.data_dir)
+    image_key, label_key = builder.info.supervised_keys or ("image", "label")
+    if not isinstance(builder.info.features[image_key], tfds.features.Image):
+        raise ValueError(
+            f"config.dataset={spec.dataset!r} has no image feature {image_key!r}; "
+            "use an image-classification dataset"
+        )
+    labels = builder.info.features[label_key]
+    train_split, eval_split = spec.train_split, spec.eval_split
+    info = DatasetInfo(
+        num_classes=labels.num_classes,
+        num_train_examples=_tfds_split_size(builder, train_split),
+        num_eval_examples=_tfds_split_size(builder, eval_split),
+        class_names=tuple(labels.names),
+        eval_split=eval_split,
+    )
+
+    def part(train: bool, process_index: int, process_count: int, seed: int | None) -> Part:
+        shares = tfds.even_splits(train_split if train else eval_split, process_count)
+        counts = [builder.info.splits[share].num_examples for share in shares]
+        dataset = builder.as_dataset(
+            split=shares[process_index],
+            decoders={image_key: tfds.decode.SkipDecoding()},
+            shuffle_files=train,
+            read_config=tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False),
+        )
+        records = dataset.map(
+            lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)}
+        )
+        return Part(records, counts[process_index], max(counts), tf.identity, spec.shuffle_buffer)
+
+    return Source(info, _imagenet_augment(spec), part)
+
+
+def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+    """The builder of a prepared TFDS dataset, or a ValueError saying how to get one."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(
+            f"config.dataset={name!r} is not a known dataset: use 'digits', 'folder' or a TFDS "
+            "image-classification name such as 'imagenet2012' or 'cifar10'"
+        ) from error
+    if not builder.info.splits:
+        raise ValueError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: prepare it with "
+            f"`tfds build {name} --data_dir=...` (imagenet2012 needs its archives in "
+            "<data_dir>/downloads/manual) and point config.data_dir at that folder"
+        )
+    return builder
+
+
+def _tfds_split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    """Number of examples in a TFDS split string, or a ValueError listing the splits."""
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as error:
+        raise ValueError(
+            f"split {split!r} is not in {builder.name}: use one of {sorted(builder.info.splits)} "
+            "or a slice of them such as 'train[:90%]'"
+        ) from error
+
+
+def _digits_source(image_size: int) -> Source:
+    """scikit-learn's 1,797 8x8 digits with a fixed stratified test set of 360."""
+    train, test = digits_arrays()
+    info = DatasetInfo(
+        num_classes=10,
+        num_train_examples=len(train[1]),
+        num_eval_examples=len(test[1]),
+        class_names=tuple(str(digit) for digit in range(10)),
+        eval_split="test",
+    )
+    augment = Augment(crop_min_area=DIGITS_CROP_MIN_AREA, flip=False, eval_crop_padding=0)
+    load = functools.partial(_upsample_gray, image_size=image_size)
+    return Source(info, augment, functools.partial(_array_part, train, test, load))
+
+
+@functools.cache
+def digits_arrays() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((train images, labels), (test images, labels)): uint8 [N, 8, 8, 1] in 0..255, int32."""
+    digits = sklearn_datasets.load_digits()
+    images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+    return _held_out(images, digits.target.astype(np.int32), DIGITS_NUM_TEST)
+
+
+def _upsample_gray(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """A small grayscale image as float32 RGB, upsampled bilinearly to the model resolution."""
+    # Upsampling before the crop keeps crop offsets finer than the 8x8 pixel grid.
+    resized = tf.image.resize(image, [image_size, image_size], method="bilinear")
+    return tf.image.grayscale_to_rgb(resized)
+
+
+def _folder_source(spec: DataSpec) -> Source:
+    """`root/<class>/*.jpg|jpeg|png`, classes numbered in sorted folder-name order."""
+    train_dir = spec.folder_train_dir
+    class_names, paths, labels = _scan_folder(train_dir, "folder_train_dir")
+    eval_dir = spec.folder_eval_dir
+    if eval_dir is None:
+        fraction = spec.folder_eval_fraction
+        try:
+            train, test = _held_out(paths, labels, fraction)
+        except ValueError as error:
+            raise ValueError(
+                f"cannot hold out folder_eval_fraction={fraction} of {train_dir} per class "
+                f"({error}); add images or set folder_eval_dir"
+            ) from error
+    else:
+        eval_names, eval_paths, eval_labels = _scan_folder(eval_dir, "folder_eval_dir")
+        if eval_names != class_names:
+            raise ValueError(
+                f"folder_eval_dir classes {eval_names} differ from folder_train_dir classes "
+                f"{class_names}; give both folders the same class sub-folders"
+            )
+        # Per-process shares are contiguous: shuffle once so each holds every class.
+        train = tuple(sklearn_utils.shuffle(paths, labels, random_state=SPLIT_SEED))
+        test = (eval_paths, eval_labels)
+    info = DatasetInfo(
+        num_classes=len(class_names),
+        num_train_examples=len(train[1]),
+        num_eval_examples=len(test[1]),
+        class_names=class_names,
+    )
+    part = functools.partial(_array_part, train, test, tf.io.read_file)
+    return Source(info, _imagenet_augment(spec), part)
+
+
+def _scan_folder(root: str | None, field: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(class names, image paths, int32 labels) of a class-per-sub-folder image folder."""
+    if root is None or not pathlib.Path(root).is_dir():
+        raise ValueError(f"{field}={root!r} is not a folder; set config.{field} to an image folder")
+    class_dirs = sorted(path for path in pathlib.Path(root).iterdir() if path.is_dir())
+    if not class_dirs:
+        raise ValueError(f"{field}={root!r} has no class sub-folders; put images in root/<class>/")
+    paths, labels = [], []
+    for label, class_dir in enumerate(class_dirs):
+        images = sorted(
+            str(path) for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not images:
+            raise ValueError(
+                f"class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images; "
+                "add images or remove the folder"
+            )
+        paths += images
+        labels += [label] * len(images)
+    class_names = tuple(class_dir.name for class_dir in class_dirs)
+    return class_names, np.array(paths), np.array(labels, np.int32)
+
+
+def _held_out(
+    items: np.ndarray, labels: np.ndarray, test_size: int | float
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """A fixed stratified (train, test) split, shuffled so every process share mixes classes."""
+    train_items, test_items, train_labels, test_labels = model_selection.train_test_split(
+        items, labels, test_size=test_size, stratify=labels, random_state=SPLIT_SEED
+    )
+    return (train_items, train_labels), (test_items, test_labels)
+
+
+def _array_part(
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    load: Callable[[tf.Tensor], tf.Tensor],
+    is_train: bool,
+    process_index: int,
+    process_count: int,
+    seed: int | None,
+) -> Part:
+    """All in-memory training items (see `Part.whole`), or this process's contiguous even share
+    of the evaluation items."""
+    del seed  # In-memory items have no file order to shuffle.
+    if is_train:
+        items, labels = train
+        count = len(labels)
+        records = tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
+        return Part(records, count, count, load, shuffle_buffer=max(count, 1), whole=True)
+    items, labels = test
+    bounds = [_even_share(len(labels), index, process_count) for index in range(process_count)]
+    start, stop = bounds[process_index]
+    records = tf.data.Dataset.from_tensor_slices(
+        {"image": items[start:stop], "label": labels[start:stop]}
+    )
+    count = stop - start
+    max_count = max(end - begin for begin, end in bounds)
+    return Part(records, count, max_count, load, shuffle_buffer=max(count, 1))
+
+
+def _even_share(n: int, index: int, count: int) -> tuple[int, int]:
+    """[start, stop) of share `index` of `n` items in `count` shares, cut as tfds.even_splits."""
+    size, extra = divmod(n, count)
+    start = index * size + min(index, extra)
+    return start, start + size + int(index < extra)
+
+
+def _imagenet_augment(spec: DataSpec) -> Augment:
+    """ImageNet-style augmentation with the spec's crop area."""
+    return Augment(crop_min_area=spec.crop_min_area, flip=True, eval_crop_padding=EVAL_CROP_PADDING)

@@ -1,0 +1,77 @@
+"""What the input pipeline is asked for: the dataset, its sizes and conventions, checked once.
+
+TensorFlow-free, so a config can be checked before any framework loads. `DataSpec` fields
+carry the names of the config fields they come from, and so do its errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+# Per-channel (mean, std) on the 0..255 scale. timm's mean = std = 0.5 on [0, 1] ("half") is the
+# same map as Inception's x / 127.5 - 1.
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+    "inception": ((127.5,) * 3, (127.5,) * 3),
+    "half": ((127.5,) * 3, (127.5,) * 3),
+}
+MIN_IMAGE_SIZE = 32
+BUILTIN_DATASETS = ("digits", "folder")  # any other name is a TFDS dataset
+
+
+def check_normalization(name: str) -> str:
+    """`name` if it is a normalisation convention, else a ValueError listing them."""
+    if name not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {name!r}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """A dataset and how to batch and preprocess it; batch sizes are global (all processes)."""
+
+    dataset: str = "digits"  # "digits", "folder" or a TFDS image-classification name
+    image_size: int = 224
+    batch_size: int = 1024
+    eval_batch_size: int = 1024
+    normalization: str = "imagenet"
+    data_dir: str | None = None  # TFDS data folder
+    train_split: str = "train"
+    eval_split: str = "validation"
+    folder_train_dir: str | None = None
+    folder_eval_dir: str | None = None
+    folder_eval_fraction: float = 0.1  # held out of folder_train_dir when no folder_eval_dir
+    crop_min_area: float = 0.08
+    shuffle_buffer: int = 16_384
+    cache: bool = False
+    prefetch: int = 0  # batches; 0 lets tf.data tune it
+
+    def __post_init__(self) -> None:
+        if self.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"image_size must be >= {MIN_IMAGE_SIZE} (MobileNet downsamples 32x), got {self.image_size}; "
+                "raise config.image_size"
+            )
+        check_normalization(self.normalization)
+        for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0 (0: tuned by tf.data), got {self.prefetch}")
+        if not 0 < self.crop_min_area <= 1:
+            raise ValueError(f"crop_min_area must be in (0, 1], got {self.crop_min_area}")
+        if not 0 < self.folder_eval_fraction < 1:
+            raise ValueError(
+                f"folder_eval_fraction must be in (0, 1), got {self.folder_eval_fraction}; or set folder_eval_dir"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Sizes and class names of a dataset's train and eval splits (whole splits, all processes)."""
+
+    num_classes: int
+    num_train_examples: int
+    num_eval_examples: int
+    class_names: tuple[str, ...] | None = None
+    eval_split: str | None = None  # the split (or held-out part) evaluation reads

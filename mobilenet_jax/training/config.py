@@ -1,0 +1,108 @@
+"""The one gate between a config and a run: everything is resolved and checked here, once.
+
+`resolve(config)` applies the variant, rejects unknown fields, and builds what the rest of the
+code takes instead of the ConfigDict: the model's fields, a `DataSpec`, an `OptimizerSpec`,
+`StepOptions` and a `LoopSpec`. Each of those checks its own values when it is built, so a bad
+config fails here, before anything is compiled or written. TensorFlow-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+from mobilenet_jax import model as model_lib
+from mobilenet_jax.data.spec import DataSpec
+from mobilenet_jax.training.mesh import PARALLELISMS
+from mobilenet_jax.training.optim import OptimizerSpec, check_choice
+from mobilenet_jax.training.step import StepOptions
+
+# MobileNetV1 fields that config.model must not set: Flax's own, the dataset's class count, and
+# what half_precision and sync_batch_stats decide.
+_MODEL_FIELDS_SET_ELSEWHERE = frozenset({"parent", "name", "num_classes", "dtype", "bn_axis_name"})
+# Top-level fields that no spec holds: they are turned into other fields here.
+_GATE_FIELDS = ("variant", "half_precision", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopSpec:
+    """How long to train, and when to log, evaluate, checkpoint and export."""
+
+    seed: int = 0
+    log_every_steps: int = 100
+    eval_every_steps: int = 5000
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    keep_best_checkpoint: bool = True
+    eval_only: bool = False
+    export_path: str | None = None
+    parallelism: str = "jit"
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_choice("parallelism", self.parallelism, PARALLELISMS)
+        for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}; set --config.{field}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 disables EMA), got {self.ema_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A resolved config and the specs built from it."""
+
+    config: ml_collections.ConfigDict  # resolved and locked: what the workdir records
+    model_fields: dict[str, Any]  # MobileNetV1 fields but num_classes (the dataset's)
+    data: DataSpec
+    optimizer: OptimizerSpec
+    step: StepOptions
+    loop: LoopSpec
+
+    def create_model(self, num_classes: int) -> model_lib.MobileNetV1:
+        """The MobileNetV1 of this experiment for `num_classes` classes."""
+        return model_lib.MobileNetV1(num_classes=num_classes, **self.model_fields)
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A locked copy of `config` with its variant applied and every field checked.
+
+    A `variant` such as "mobilenet_v1_075_160" overrides model.alpha and image_size.
+    """
+    return resolve(config).config
+
+
+def resolve(config: ml_collections.ConfigDict) -> Experiment:
+    """The experiment `config` describes; raises a ValueError naming the first bad field."""
+    config = config.copy_and_resolve_references()
+    if config.get("variant"):
+        variant = model_lib.get_variant(config.variant)
+        config.model.alpha = variant.alpha
+        config.image_size = variant.resolution
+    specs = (DataSpec, OptimizerSpec, StepOptions, LoopSpec)
+    known = {name for spec in specs for name in _field_names(spec)} | set(_GATE_FIELDS)
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"config has unknown fields {unknown}; remove them (known fields: {sorted(known)})")
+    config.lock()
+    data, optimizer, step, loop = (spec(**{name: config[name] for name in _field_names(spec)}) for spec in specs)
+    return Experiment(config, _model_fields(config), data, optimizer, step, loop)
+
+
+def _field_names(spec: type) -> tuple[str, ...]:
+    """The config fields a spec dataclass is built from: its own field names."""
+    return tuple(field.name for field in dataclasses.fields(spec))
+
+
+def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """config.model plus the computation dtype, checked by building the model once."""
+    allowed = {field.name for field in dataclasses.fields(model_lib.MobileNetV1)} - _MODEL_FIELDS_SET_ELSEWHERE
+    unknown = sorted(set(config.model) - allowed)
+    if unknown:
+        raise ValueError(f"config.model has unknown fields {unknown}; MobileNetV1 takes {sorted(allowed)}")
+    fields = dict(config.model, dtype=jnp.bfloat16 if config.half_precision else None)
+    model_lib.MobileNetV1(**fields)
+    return fields

@@ -1,0 +1,45 @@
+"""A real (tiny) TFDS dataset on disk, for per-process splits and split errors."""
+
+from __future__ import annotations
+
+import pytest
+import tensorflow_datasets as tfds
+
+from data_helpers import TINY_EVAL, TINY_TRAIN, make_spec, smooth_image
+from mobilenet_jax import data
+
+
+class TinyLabelled(tfds.core.GeneratorBasedBuilder):
+    """JPEG images whose label is their index, so every example is identifiable."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(num_classes=TINY_TRAIN),
+            }
+        )
+        return tfds.core.DatasetInfo(
+            builder=self, features=features, supervised_keys=("image", "label")
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {
+            "train": self._generate_examples(TINY_TRAIN),
+            "validation": self._generate_examples(TINY_EVAL),
+        }
+
+    def _generate_examples(self, count: int):
+        for index in range(count):
+            yield index, {"image": smooth_image(40, 48 + 8 * index, index), "label": index}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> data.DataSpec:
+    """A config for TinyLabelled, prepared in a temporary data_dir."""
+    data_dir = str(tmp_path_factory.mktemp("tiny"))
+    TinyLabelled(data_dir=data_dir).download_and_prepare()
+    return make_spec(dataset="tiny_labelled", data_dir=data_dir, batch_size=4, eval_batch_size=4)

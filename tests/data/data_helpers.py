@@ -1,0 +1,61 @@
+"""Small specs, example images and batch helpers shared by the data tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mobilenet_jax import data
+
+SIZE = 32
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+MOCK_EXAMPLES = 10  # mock_data yields this many examples for every split
+TINY_TRAIN, TINY_EVAL = 12, 11
+
+
+def make_spec(**overrides) -> data.DataSpec:
+    """A small spec on the offline digits; keyword arguments replace fields."""
+    fields = dict(
+        dataset="digits",
+        folder_eval_fraction=0.25,
+        image_size=SIZE,
+        batch_size=8,
+        eval_batch_size=8,
+        normalization="imagenet",
+        shuffle_buffer=64,
+        prefetch=2,
+    )
+    return data.DataSpec(**{**fields, **overrides})
+
+
+def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
+    """The next `count` batches of an iterator."""
+    return [next(iterator) for _ in range(count)]
+
+
+def eval_pass(config, process_index: int = 0, process_count: int = 1):
+    """All batches of one eval pass."""
+    return list(
+        data.create_eval_iterator(config, process_index=process_index, process_count=process_count)
+    )
+
+
+def real_labels(batches) -> np.ndarray:
+    """Labels of the unmasked examples of eval batches, in order."""
+    return np.concatenate([batch["label"][batch["mask"]] for batch in batches])
+
+
+def assert_same_batches(first, second) -> None:
+    """Two lists of batches are identical, key by key."""
+    assert len(first) == len(second)
+    for one, other in zip(first, second):
+        assert one.keys() == other.keys()
+        for key in one:
+            np.testing.assert_array_equal(one[key], other[key])
+
+
+def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth random uint8 RGB image (so JPEG keeps it close)."""
+    noise = np.random.default_rng(seed).random((height // 8, width // 8, 3), np.float32) * 255
+    return tf.cast(tf.image.resize(noise, [height, width]), tf.uint8).numpy()

@@ -1,0 +1,159 @@
+"""The pipeline on ImageNet (TFDS mock) and a tiny TFDS dataset: batches, padding, seeds, resume, sharding."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from data_helpers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MOCK_EXAMPLES,
+    SIZE,
+    TINY_EVAL,
+    TINY_TRAIN,
+    assert_same_batches,
+    eval_pass,
+    make_spec,
+    real_labels,
+    take,
+)
+from mobilenet_jax import data
+
+
+@pytest.fixture(scope="module")
+def imagenet_metadata(tmp_path_factory) -> str:
+    """A data_dir holding only imagenet2012's metadata, with MOCK_EXAMPLES per split."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    builder = tfds.builder("imagenet2012", data_dir=data_dir)
+    splits = [
+        tfds.core.SplitInfo(name=name, shard_lengths=[MOCK_EXAMPLES], num_bytes=0)
+        for name in ("train", "validation")
+    ]
+    builder.info.set_splits(tfds.core.SplitDict(splits))
+    os.makedirs(builder.data_dir)
+    builder.info.write_to_directory(builder.data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def imagenet(imagenet_metadata):
+    """A config for imagenet2012 while TFDS serves random JPEGs of random sizes."""
+    with tfds.testing.mock_data(
+        num_examples=MOCK_EXAMPLES,
+        policy=tfds.testing.MockPolicy.USE_FILES,
+        data_dir=imagenet_metadata,
+    ):
+        yield make_spec(dataset="imagenet2012", batch_size=4, eval_batch_size=4)
+
+
+def mock_labels(split: str) -> list[int]:
+    """The labels the mock serves, in reading order."""
+    return [int(example["label"]) for example in tfds.load("imagenet2012", split=split)]
+
+
+def test_imagenet_mock_serves_jpeg_bytes(imagenet):
+    builder = tfds.builder("imagenet2012")
+    dataset = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+    example = next(iter(dataset))
+    assert example["image"].dtype == tf.string and bool(tf.io.is_jpeg(example["image"]))
+
+
+def test_imagenet_info(imagenet):
+    info = data.get_dataset_info(imagenet)
+    assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (1000, 10, 10)
+    assert len(info.class_names) == 1000 and info.class_names[0] == "n01440764"
+
+
+def test_imagenet_train_batches(imagenet):
+    batch = next(data.create_train_iterator(imagenet, seed=0, process_index=0, process_count=1))
+    assert batch.keys() == {"image", "label"}
+    assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
+    assert set(batch["label"]) <= set(mock_labels("train"))
+    low, high = -IMAGENET_MEAN / IMAGENET_STD, (255 - IMAGENET_MEAN) / IMAGENET_STD
+    assert (batch["image"] >= low - 1e-5).all() and (batch["image"] <= high + 1e-5).all()
+    assert batch["image"].std() > 0.1  # real pixels, not padding
+
+
+def test_imagenet_eval_pads_and_masks(imagenet):
+    batches = eval_pass(imagenet)
+    assert len(batches) == 3  # ceil(10 / 4)
+    assert [batch["mask"].tolist() for batch in batches][-1] == [True, True, False, False]
+    assert sum(int(batch["mask"].sum()) for batch in batches) == MOCK_EXAMPLES
+    assert real_labels(batches).tolist() == mock_labels("validation")
+    last = batches[-1]
+    assert last["image"].shape == (4, SIZE, SIZE, 3) and last["mask"].dtype == bool
+    assert not last["image"][2:].any() and not last["label"][2:].any()
+    assert last["image"][:2].std(axis=(1, 2, 3)).min() > 0.1  # real images before the padding
+
+
+def test_imagenet_train_is_seeded(imagenet):
+    def first_batches(seed: int) -> list[dict[str, np.ndarray]]:
+        iterator = data.create_train_iterator(imagenet, seed=seed, process_index=0, process_count=1)
+        return take(iterator, 2)
+
+    assert_same_batches(first_batches(0), first_batches(0))
+    other = first_batches(1)
+    assert not np.array_equal(first_batches(0)[0]["label"], other[0]["label"])
+
+
+def test_imagenet_augmentation_is_seeded(imagenet):
+    imagenet = dataclasses.replace(imagenet, batch_size=MOCK_EXAMPLES)  # one batch is one epoch: the same images, reordered
+
+    def epoch_by_label(seed: int) -> np.ndarray:
+        iterator = data.create_train_iterator(imagenet, seed=seed, process_index=0, process_count=1)
+        batch = next(iterator)
+        return batch["image"][np.argsort(batch["label"])]
+
+    assert len(set(mock_labels("train"))) == MOCK_EXAMPLES
+    first, second = epoch_by_label(0), epoch_by_label(1)
+    assert all(not np.array_equal(one, other) for one, other in zip(first, second))
+
+
+def test_imagenet_epochs_are_permutations(imagenet):
+    iterator = data.create_train_iterator(imagenet, seed=0, process_index=0, process_count=1)
+    labels = np.concatenate([batch["label"] for batch in take(iterator, 5)])
+    first, second = labels[:MOCK_EXAMPLES], labels[MOCK_EXAMPLES:]
+    assert sorted(first) == sorted(second) == sorted(mock_labels("train"))
+    assert first.tolist() != second.tolist()  # each epoch has its own order
+
+
+def test_start_step_resumes_exactly(imagenet):
+    fresh = data.create_train_iterator(imagenet, seed=5, process_index=0, process_count=1)
+    expected = take(fresh, 6)[3:]  # steps 3..5 cover examples 12..23: epochs 1 and 2
+    resumed = data.create_train_iterator(
+        imagenet, seed=5, process_index=0, process_count=1, start_step=3
+    )
+    assert_same_batches(take(resumed, 3), expected)
+
+
+def test_cache_keeps_the_stream(imagenet):
+    def batches(cache: bool) -> list[dict[str, np.ndarray]]:
+        spec = dataclasses.replace(imagenet, cache=cache)
+        iterator = data.create_train_iterator(spec, seed=2, process_index=0, process_count=1)
+        return take(iterator, 4)  # two epochs: the second reads from the cache
+
+    assert_same_batches(batches(True), batches(False))
+
+
+def test_tfds_eval_sees_each_example_once_across_processes(tiny):
+    shares = [eval_pass(tiny, index, 2) for index in range(2)]
+    assert [len(share) for share in shares] == [3, 3]  # ceil(6 / 2) batches each
+    assert [len(real_labels(share)) for share in shares] == [6, 5]
+    union = np.concatenate([real_labels(share) for share in shares])
+    assert sorted(union) == list(range(TINY_EVAL))
+    assert all(batch["image"].shape == (2, SIZE, SIZE, 3) for share in shares for batch in share)
+
+
+def test_tfds_train_processes_read_disjoint_shares(tiny):
+    epochs = []
+    for index in range(2):
+        iterator = data.create_train_iterator(tiny, seed=0, process_index=index, process_count=2)
+        epochs.append(np.concatenate([batch["label"] for batch in take(iterator, 3)]))
+    assert sorted(np.concatenate(epochs)) == list(range(TINY_TRAIN))

@@ -1,0 +1,149 @@
+"""Digits, image folders and TFDS by name: splits, labels, and errors that name the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from data_helpers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SIZE,
+    eval_pass,
+    make_spec,
+    real_labels,
+    take,
+)
+from mobilenet_jax import data
+
+
+def test_digits_split_is_fixed_and_stratified():
+    info = data.get_dataset_info(make_spec())
+    assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
+    assert info.num_classes == 10 and info.class_names == tuple("0123456789")
+    (train_images, _), (test_images, test_labels) = data.digits_arrays()
+    assert np.bincount(test_labels).min() >= 35 and np.bincount(test_labels).max() <= 37
+    train_keys = {
+        image.tobytes() + bytes([label]) for image, label in zip(*data.digits_arrays()[0])
+    }
+    test_keys = {image.tobytes() + bytes([label]) for image, label in zip(test_images, test_labels)}
+    assert not train_keys & test_keys
+    labels = np.concatenate([real_labels(eval_pass(make_spec(), index, 2)) for index in range(2)])
+    np.testing.assert_array_equal(labels, test_labels)
+    assert len(train_images) + len(labels) == 1797
+
+
+def test_digits_eval_pixels_follow_the_convention():
+    (_, _), (test_images, _) = data.digits_arrays()
+    for convention in ("imagenet", "inception"):
+        batch = next(
+            data.create_eval_iterator(
+                make_spec(normalization=convention), process_index=0, process_count=1
+            )
+        )
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if convention == "imagenet" else (127.5, 127.5)
+        pixels = batch["image"] * std + mean  # back to 0..255
+        np.testing.assert_allclose(pixels[..., 0], pixels[..., 2], atol=1e-3)  # gray as RGB
+        # Bilinear upsampling keeps the corner pixels of the 8x8 source exactly.
+        np.testing.assert_allclose(pixels[:, 0, 0, 0], test_images[:8, 0, 0, 0], atol=1e-3)
+        np.testing.assert_allclose(pixels[:, -1, -1, 0], test_images[:8, -1, -1, 0], atol=1e-3)
+        assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3 and pixels.max() > 200
+
+
+def test_digits_train_batches():
+    batches = take(
+        data.create_train_iterator(make_spec(), seed=0, process_index=0, process_count=1), 3
+    )
+    labels = np.concatenate([batch["label"] for batch in batches])
+    assert batches[0]["image"].shape == (8, SIZE, SIZE, 3) and labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() <= 9 and len(set(labels)) > 3
+
+
+COLORS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "emu": (0, 0, 255)}
+
+
+def write_folder(root, extensions=(".png", ".jpg", ".JPEG"), per_class: int = 4) -> str:
+    """root/<class>/<n><ext>: solid images, one colour per class, mixed formats."""
+    for (name, color), extension in zip(COLORS.items(), extensions):
+        (root / name).mkdir(parents=True)
+        image = np.broadcast_to(np.array(color, np.uint8), (20 + per_class, 30, 3))
+        encode = tf.io.encode_png if extension == ".png" else tf.io.encode_jpeg
+        for index in range(per_class):
+            tf.io.write_file(str(root / name / f"{index}{extension}"), encode(image[index:]))
+    (root / "notes.txt").write_text("not a class")
+    return str(root)
+
+
+def colour_labels(batch) -> np.ndarray:
+    """The class each image's mean colour says it is."""
+    pixels = batch["image"] * IMAGENET_STD + IMAGENET_MEAN
+    return pixels.mean(axis=(1, 2)).argmax(axis=-1)
+
+
+def test_folder_labels_follow_sorted_class_names(tmp_path):
+    config = make_spec(
+        dataset="folder", folder_train_dir=write_folder(tmp_path / "train"), batch_size=6
+    )
+    info = data.get_dataset_info(config)
+    assert info.class_names == ("cat", "dog", "emu") and info.num_classes == 3
+    assert (info.num_train_examples, info.num_eval_examples) == (9, 3)
+    batch = next(data.create_train_iterator(config, seed=0, process_index=0, process_count=1))
+    np.testing.assert_array_equal(colour_labels(batch), batch["label"])
+    batches = eval_pass(config)
+    assert sorted(real_labels(batches)) == [0, 1, 2]  # one held out per class
+    np.testing.assert_array_equal(colour_labels(batches[0])[:3], batches[0]["label"][:3])
+
+
+def test_folder_with_eval_dir(tmp_path):
+    config = make_spec(
+        dataset="folder",
+        folder_train_dir=write_folder(tmp_path / "train"),
+        folder_eval_dir=write_folder(tmp_path / "eval", per_class=2),
+    )
+    info = data.get_dataset_info(config)
+    assert (info.num_train_examples, info.num_eval_examples) == (12, 6)
+    assert real_labels(eval_pass(config)).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_folder_errors(tmp_path):
+    missing = str(tmp_path / "missing")
+    with pytest.raises(ValueError, match="folder_train_dir=.*missing.*is not a folder"):
+        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=missing))
+    root = write_folder(tmp_path / "train")
+    (tmp_path / "train" / "fox").mkdir()
+    with pytest.raises(ValueError, match="class folder .*fox.* has no"):
+        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
+
+
+@pytest.mark.parametrize(
+    "overrides, process_count, message",
+    [
+        (
+            {"dataset": "no_such_dataset"},
+            1,
+            "config.dataset='no_such_dataset' is not a known dataset",
+        ),
+        ({"image_size": 16}, 1, "image_size must be >= 32.*got 16"),
+        ({"normalization": "caffe"}, 1, "normalization must be one of"),
+        ({"batch_size": 10}, 3, "batch_size=10 must be a positive multiple of process_count=3"),
+    ],
+)
+def test_bad_config_raises(overrides, process_count, message):
+    with pytest.raises(ValueError, match=message):
+        data.create_train_iterator(make_spec(**overrides), seed=0, process_index=0, process_count=process_count)
+
+
+def test_unprepared_tfds_dataset_raises(tmp_path):
+    config = make_spec(dataset="cifar10", data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'cifar10' is not prepared"):
+        data.get_dataset_info(config)
+
+
+def test_bad_tfds_fields_raise(tiny):
+    with pytest.raises(ValueError, match="split 'test' is not in tiny_labelled.*'validation'"):
+        data.get_dataset_info(dataclasses.replace(tiny, eval_split="test"))
+    with pytest.raises(ValueError, match="crop_min_area must be in \\(0, 1\\], got 0.0"):
+        data.get_dataset_info(dataclasses.replace(tiny, crop_min_area=0.0))
