@@ -75,6 +75,17 @@ def expect_rank(name: str, value: np.ndarray, rank: int, layout: str) -> np.ndar
     return value
 
 
+def from_tf_layout(name: str, value: Any, role: str) -> np.ndarray:
+    """A TensorFlow / Keras tensor in Flax layout: depthwise (kh, kw, C, 1) -> (kh, kw, 1, C), the
+    1x1-convolution classifier (1, 1, C, K) -> (C, K); full convolutions and vectors as they are."""
+    if role in ("stem", "pointwise", "head_kernel"):
+        value = expect_rank(name, value, 4, "kh, kw, C_in, C_out")
+        return value[0, 0] if role == "head_kernel" else value
+    if role == "depthwise":
+        return expect_rank(name, value, 4, "kh, kw, C, 1").transpose(0, 1, 3, 2)
+    return expect_rank(name, value, 1, "C")
+
+
 def variable_shapes(model: MobileNetV1) -> dict[FlaxPath, tuple[int, ...]]:
     """Flattened shapes of `model`'s variables, computed without allocating them."""
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))

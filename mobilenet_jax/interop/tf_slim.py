@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mobilenet_jax.interop.layout import ConvBN, Converted, assemble, expect_rank
+from mobilenet_jax.interop.layout import ConvBN, Converted, assemble, from_tf_layout
 from mobilenet_jax.model import BLOCKS
 
 SCOPE = "MobilenetV1"
@@ -95,18 +95,10 @@ def from_tf_slim(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | 
             raise KeyError(f"{where} is missing {name!r}: is it a TF-Slim MobilenetV1 checkpoint?")
         return name
 
-    def read(name: str, role: str) -> np.ndarray:
-        value = tensors[name]
-        if role in ("stem", "pointwise", "head_kernel"):
-            value = expect_rank(name, value, 4, "kh, kw, C_in, C_out")
-            return value[0, 0] if role == "head_kernel" else value
-        if role == "depthwise":
-            return expect_rank(name, value, 4, "kh, kw, C, 1").transpose(0, 1, 3, 2)
-        return expect_rank(name, value, 1, "C")
-
     def resolved(names: ConvBN) -> ConvBN:
         return ConvBN(*(resolve(getattr(names, f)) for f in ("kernel", "gamma", "beta", "mean", "var")))
 
     has_head = any(n in tensors for n in (HEAD[0], HEAD[0] + EMA_SUFFIX))
     head = (resolve(HEAD[0]), resolve(HEAD[1])) if has_head else None
+    read = lambda name, role: from_tf_layout(name, tensors[name], role)
     return assemble(read, [resolved(n) for n in layer_names()], head, FIELDS, f"TF-Slim ({where})")
