@@ -99,3 +99,14 @@ def test_missing_layer_weight_is_named(tmp_path):
         with h5py.File(tmp_path / "empty.h5", "w"):
             pass
         keras_interop.from_keras(tmp_path / "empty.h5")
+
+
+def test_published_file_name_selects_its_registry_entry(tmp_path):
+    from mobilenet_jax.interop import pretrained
+
+    model = keras_mobilenet(0.25, 128, seed=5)
+    path = save_published_layout(model, str(tmp_path / "mobilenet_2_5_128_tf.h5"))
+    loaded = pretrained.load_pretrained(path)
+    assert loaded.preprocessing == pretrained.REGISTRY["mobilenet_v1_025_128.keras"].preprocessing
+    x = images(128)
+    assert np.max(np.abs(flax_logits(loaded, x) - np.asarray(model(x, training=False)))) <= TOLERANCE

@@ -73,3 +73,24 @@ def test_missing_and_misshapen_variables_are_named(tmp_path):
         tf_slim.from_tf_slim(flat)
     with pytest.raises(FileNotFoundError, match="nothing.ckpt.index is missing"):
         tf_slim.from_tf_slim(tmp_path / "nothing.ckpt")
+
+
+def test_published_archive_is_recognised_extracted_and_converted(tmp_path, monkeypatch):
+    import tarfile
+
+    from mobilenet_jax.interop import download, pretrained
+
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
+    folder = tmp_path / "mobilenet_v1_0.25_128"
+    folder.mkdir()
+    tensors = ref.with_shadows(ref.random_tensors(0.25, 1001, seed=8), seed=9)
+    prefix = ref.save_checkpoint(str(folder / "mobilenet_v1_0.25_128.ckpt"), tensors)
+    archive = tmp_path / "mobilenet_v1_0.25_128.tgz"  # the published archive's name and layout
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in folder.iterdir():
+            tar.add(path, arcname=f"./{path.name}")
+    loaded = pretrained.load_pretrained(str(archive))
+    assert loaded.preprocessing == pretrained.REGISTRY["mobilenet_v1_025_128.tf_slim"].preprocessing
+    assert (loaded.model.alpha, loaded.model.num_classes, loaded.preprocessing.size) == (0.25, 1001, 128)
+    x = images(128)
+    assert np.max(np.abs(flax_logits(loaded, x) - ref.slim_forward(prefix, x))) <= TOLERANCE
