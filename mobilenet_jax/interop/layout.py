@@ -44,6 +44,10 @@ class ConvBN:
     mean: str
     var: str
 
+    def names(self) -> tuple[str, ...]:
+        """All five names, kernel first."""
+        return dataclasses.astuple(self)
+
 
 @dataclasses.dataclass(frozen=True)
 class Converted:
@@ -127,8 +131,9 @@ def assemble(
         if value.shape != shape:
             raise ValueError(
                 f"{source} tensor {name!r} is {value.shape} in Flax layout, but {'/'.join(path)} of "
-                f"MobileNetV1(alpha={model.alpha}, min_depth={model.min_depth}) needs {shape}: its widths "
-                f"are not max(int(c * alpha), min_depth) of MobileNet v1's, which this model cannot express"
+                f"MobileNetV1(alpha={model.alpha}, min_depth={model.min_depth}) needs {shape}: MobileNetV1's "
+                f"widths are max(int(c * alpha), min_depth) of the paper's, and a source whose widths are "
+                f"not is one this model cannot express"
             )
         flat[path] = value
         origin["/".join(path)] = name

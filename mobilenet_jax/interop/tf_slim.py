@@ -11,6 +11,7 @@ up to 224 (final map at most 7x7) but not beyond.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,6 +23,7 @@ from mobilenet_jax.model import BLOCKS
 
 SCOPE = "MobilenetV1"
 EMA_SUFFIX = "/ExponentialMovingAverage"
+_logger = logging.getLogger(__name__)
 HEAD = (f"{SCOPE}/Logits/Conv2d_1c_1x1/weights", f"{SCOPE}/Logits/Conv2d_1c_1x1/biases")
 FIELDS = dict(activation="relu6", padding="same", bn_epsilon=1e-3, bn_momentum=0.9997, min_depth=8)
 
@@ -56,8 +58,7 @@ def checkpoint_prefix(path: str | os.PathLike) -> str:
 
 def model_tensor_names() -> list[str]:
     """Every name a conversion may read: the model's variables and their EMA shadows."""
-    names = [getattr(layer, f) for layer in layer_names() for f in ("kernel", "gamma", "beta", "mean", "var")]
-    names += HEAD
+    names = [name for layer in layer_names() for name in layer.names()] + list(HEAD)
     return names + [name + EMA_SUFFIX for name in names]
 
 
@@ -95,10 +96,13 @@ def from_tf_slim(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | 
             raise KeyError(f"{where} is missing {name!r}: is it a TF-Slim MobilenetV1 checkpoint?")
         return name
 
-    def resolved(names: ConvBN) -> ConvBN:
-        return ConvBN(*(resolve(getattr(names, f)) for f in ("kernel", "gamma", "beta", "mean", "var")))
+    def read(name: str, role: str) -> np.ndarray:
+        return from_tf_layout(name, tensors[name], role)
 
     has_head = any(n in tensors for n in (HEAD[0], HEAD[0] + EMA_SUFFIX))
     head = (resolve(HEAD[0]), resolve(HEAD[1])) if has_head else None
-    read = lambda name, role: from_tf_layout(name, tensors[name], role)
-    return assemble(read, [resolved(n) for n in layer_names()], head, FIELDS, f"TF-Slim ({where})")
+    layers = [ConvBN(*map(resolve, layer.names())) for layer in layer_names()]
+    converted = assemble(read, layers, head, FIELDS, f"TF-Slim ({where})")
+    shadows = sum(name.endswith(EMA_SUFFIX) for name in converted.origin.values())
+    _logger.info("%s: %d of %d variables from ExponentialMovingAverage shadows", where, shadows, len(converted.origin))
+    return converted

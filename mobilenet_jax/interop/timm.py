@@ -84,8 +84,7 @@ def from_timm(source: str | os.PathLike | Mapping[str, Any]) -> Converted:
         )
     layers = layer_names()
     head = HEAD if HEAD[0] in state else None
-    expected = {getattr(n, f) for n in layers for f in ("kernel", "gamma", "beta", "mean", "var")}
-    expected |= set(head or ())
+    expected = {name for layer in layers for name in layer.names()} | set(head or ())
     extra = sorted(k for k in state if k not in expected and not k.endswith(_IGNORED_SUFFIX))
     if extra:
         raise KeyError(f"{where} has keys a plain MobileNet v1 does not use: {extra}")

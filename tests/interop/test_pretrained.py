@@ -170,3 +170,15 @@ def test_paths_convert_by_format_and_saved_models_load_back(tmp_path):
     with pytest.raises(ValueError, match="cannot tell the format"):
         (tmp_path / "x.onnx").write_bytes(b"")
         pretrained.load_pretrained(str(tmp_path / "x.onnx"))
+
+
+def test_loading_code_imports_no_framework():
+    import subprocess
+    import sys
+
+    code = ("import sys, mobilenet_jax.pretrained, mobilenet_jax.classify\n"
+            "from mobilenet_jax.interop import tf_slim, keras, timm\n"
+            "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'h5py', 'safetensors', 'PIL') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
