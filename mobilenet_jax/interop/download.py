@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import os
 import tempfile
+import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
@@ -70,6 +71,9 @@ def _download_to_temporary(url: str, destination: Path, timeout: float) -> tuple
         if expected is not None and received != int(expected):
             raise OSError(f"download of {url} was cut off: {received} of {expected} bytes; call again to retry")
         return temporary, digest.hexdigest()
+    except urllib.error.URLError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(f"cannot download {url} ({error.reason}); without internet, pass the file you have") from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -96,7 +96,8 @@ def read_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def read_model(model: Any) -> dict[str, np.ndarray]:
     """Weights of a built Keras MobileNet as {"layer/weight": array}; refuses sizes Keras pads
     differently from TF SAME (`keras_size_matches`)."""
-    for size in model.input_shape[1:3]:
+    shape = model.input_shape
+    for size in shape[1:3] if shape[-1] == 3 else shape[2:4]:  # channels last or first
         if size is not None and not keras_size_matches(size):
             raise ValueError(
                 f"Keras MobileNet input size {size} gives an odd input to a stride-2 depthwise layer, where "

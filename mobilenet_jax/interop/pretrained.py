@@ -21,16 +21,17 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from mobilenet_jax import weights
-from mobilenet_jax.interop import download
-from mobilenet_jax.interop.keras import from_keras
+from mobilenet_jax.interop import download, keras, tf_slim, timm
 from mobilenet_jax.interop.layout import Converted
 from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing
-from mobilenet_jax.interop.tf_slim import from_tf_slim
-from mobilenet_jax.interop.timm import from_timm
 from mobilenet_jax.model import MobileNetV1
 
 PREPROCESSING_SUFFIX = ".preprocessing.json"
-CONVERTERS: dict[str, Callable[[Any], Converted]] = {"tf_slim": from_tf_slim, "keras": from_keras, "timm": from_timm}
+CONVERTERS: dict[str, Callable[[Any], Converted]] = {
+    "tf_slim": tf_slim.from_tf_slim, "keras": keras.from_keras, "timm": timm.from_timm,
+}
+# The model fields each source's conventions need (activation, padding, BatchNorm, width floor).
+SOURCE_FIELDS: dict[str, dict[str, Any]] = {"tf_slim": tf_slim.FIELDS, "keras": keras.FIELDS, "timm": timm.FIELDS}
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 
 
@@ -50,6 +51,11 @@ class PretrainedWeights:
     num_classes: int
     preprocessing: Preprocessing
     top1: float | None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The MobileNetV1 fields of the converted weights, known before any download."""
+        return {**SOURCE_FIELDS[self.source], "alpha": self.alpha, "num_classes": self.num_classes}
 
     @property
     def filename(self) -> str:
@@ -120,9 +126,9 @@ REGISTRY: dict[str, PretrainedWeights] = {
 
 
 def _extract(archive: Path) -> Path:
-    """The folder holding `archive`'s contents, extracted once into the cache."""
-    name = archive.name
-    target = download.cache_dir() / "extracted" / next(name[: -len(s)] for s in _ARCHIVE_SUFFIXES if name.endswith(s))
+    """The folder holding `archive`'s contents, extracted once into the cache (keyed by content)."""
+    stem = next(archive.name[: -len(s)] for s in _ARCHIVE_SUFFIXES if archive.name.endswith(s))
+    target = download.cache_dir() / "extracted" / f"{stem}-{download.sha256_of(archive)[:16]}"
     if not target.exists():
         partial = target.with_name(target.name + ".part")
         partial.mkdir(parents=True, exist_ok=True)
@@ -174,8 +180,8 @@ def _load_entry(entry: PretrainedWeights, file: str | os.PathLike | None) -> Pre
         if not path.is_dir():
             download.check_sha256(path, entry.sha256)
     converted = convert_file(path, entry.source)
-    found = (converted.fields["alpha"], converted.fields["num_classes"])
-    if found != (entry.alpha, entry.num_classes):
+    if converted.fields != entry.fields:
+        found = (converted.fields["alpha"], converted.fields["num_classes"])
         raise ValueError(
             f"{path} holds alpha {found[0]} weights with {found[1]} classes, but {entry.name} has alpha "
             f"{entry.alpha} and {entry.num_classes} classes: pass the file published for {entry.name}"

@@ -44,7 +44,7 @@ def checkpoint_prefix(path: str | os.PathLike) -> str:
     """The checkpoint prefix at `path`: a prefix, its `.index` file, or a folder holding one."""
     path = Path(path)
     if path.is_dir():
-        indexes = sorted(path.glob("*.index"))
+        indexes = sorted(path.rglob("*.index"))
         if len(indexes) != 1:
             raise FileNotFoundError(
                 f"{path} holds {len(indexes)} checkpoint .index files, expected 1; pass the checkpoint prefix"

@@ -141,7 +141,7 @@ def test_load_pretrained_downloads_converts_and_also_takes_a_local_file(timm_ent
     assert (tmp_path / "cache" / "test_025.timm.safetensors").exists()
     offline = pretrained.load_pretrained(entry.name, file=local)  # no server needed
     np.testing.assert_equal(flatten_dict(offline.variables), flatten_dict(variables))
-    assert offline.fields["alpha"] == 0.25 and offline.fields["activation"] == "relu6"
+    assert {k: offline.fields[k] for k in entry.fields} == entry.fields
     assert server.requests == ["/timm/model.safetensors"]
 
 
@@ -182,3 +182,9 @@ def test_loading_code_imports_no_framework():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_unreachable_server_is_named_with_the_offline_fix(tmp_path):
+    with pytest.raises(OSError, match=r"cannot download http://127.0.0.1:9/w.bin .*pass the file you have"):
+        download.fetch("http://127.0.0.1:9/w.bin", "w.bin", None, cache=tmp_path)
+    assert cache_files(tmp_path) == []
