@@ -177,7 +177,7 @@ def _load_entry(entry: PretrainedWeights, file: str | os.PathLike | None) -> Pre
         path = download.fetch(entry.url, entry.filename, entry.sha256)
     else:
         path = Path(file)
-        if not path.is_dir():
+        if path.is_file() and path.name.endswith(Path(entry.filename).suffix):  # the published file itself
             download.check_sha256(path, entry.sha256)
     converted = convert_file(path, entry.source)
     if converted.fields != entry.fields:
@@ -198,7 +198,8 @@ def load_pretrained(
     """(model, variables, preprocessing) for registered weights or a local file.
 
     A registry name downloads (once) and converts the published file, or converts `file` when
-    given (checked against the pinned sha256, if any). A path is converted by its format; a
+    given (the published file, checked against the pinned sha256 if any, or its contents, such
+    as an extracted TF-Slim checkpoint prefix). A path is converted by its format; a
     published file name selects its registry entry, other files get their family's preprocessing
     at 224 (TF-Slim / Keras or timm). A model file written by `save_pretrained` (or
     `weights.save_model`, with `preprocessing` given) loads directly. `preprocessing` overrides.
