@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("tensorflow")
 
 import slim_reference as ref  # noqa: E402
+from flax.traverse_util import flatten_dict  # noqa: E402
 from logit_check import TOLERANCE, flax_logits, max_diff  # noqa: E402
 
 from mobilenet_jax.interop import tf_slim  # noqa: E402
@@ -94,3 +95,6 @@ def test_published_archive_is_recognised_extracted_and_converted(tmp_path, monke
     assert (loaded.model.alpha, loaded.model.num_classes, loaded.preprocessing.size) == (0.25, 1001, 128)
     x = images(128)
     assert np.max(np.abs(flax_logits(loaded, x) - ref.slim_forward(prefix, x))) <= TOLERANCE
+    # Offline, the extracted checkpoint prefix stands in for the published archive.
+    from_prefix = pretrained.load_pretrained("mobilenet_v1_025_128.tf_slim", file=prefix)
+    np.testing.assert_equal(flatten_dict(from_prefix.variables), flatten_dict(loaded.variables))
