@@ -46,6 +46,30 @@ def save_published_layout(model: "keras.Model", path: str) -> str:
     return path
 
 
+def renamed_as_keras2(path: str, copy: str) -> str:
+    """A copy of a weights-only file with Keras 2's weight names, as in the published files:
+    "conv_dw_1/depthwise_kernel:0" for "conv_dw_1/kernel", and ":0" on every name."""
+    import shutil
+
+    import h5py
+
+    shutil.copy(path, copy)
+    with h5py.File(copy, "a") as f:
+        for layer in f.attrs["layer_names"]:
+            layer = layer.decode() if isinstance(layer, bytes) else str(layer)
+            group, renamed = f[layer], []
+            for name in group.attrs["weight_names"]:
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                short = name.split("/")[-1]
+                if layer.startswith("conv_dw_") and short == "kernel":
+                    short = "depthwise_kernel"
+                group.move(name, f"{layer}/{short}:0")
+                renamed.append(f"{layer}/{short}:0".encode())
+            if renamed:
+                group.attrs["weight_names"] = np.array(renamed)
+    return copy
+
+
 @pytest.mark.parametrize("alpha, size", [(0.25, 128), (0.5, 160), (1.0, 224)])
 def test_h5_files_match_keras_logits(tmp_path, alpha, size):
     model = keras_mobilenet(alpha, size, seed=1)
@@ -53,8 +77,9 @@ def test_h5_files_match_keras_logits(tmp_path, alpha, size):
     reference = np.asarray(model(x, training=False))
     model.save(tmp_path / "model.h5")
     model.save_weights(tmp_path / "model.weights.h5")
-    sources = [str(tmp_path / "model.h5"), str(tmp_path / "model.weights.h5"),
-               save_published_layout(model, str(tmp_path / "published.h5")), model]
+    published = save_published_layout(model, str(tmp_path / "published.h5"))
+    sources = [str(tmp_path / "model.h5"), str(tmp_path / "model.weights.h5"), published,
+               renamed_as_keras2(published, str(tmp_path / "keras2.h5")), model]
     converted = [keras_interop.from_keras(source) for source in sources]
     assert converted[0].fields == dict(keras_interop.FIELDS, alpha=alpha, num_classes=1000)
     assert max_diff(converted[0], x, reference, f"Keras alpha {alpha} size {size}") <= TOLERANCE
