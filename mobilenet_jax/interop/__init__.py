@@ -1,1 +1,2 @@
-"""Weights in and out of other frameworks: the PyTorch reference model and its converter."""
+"""Weights in and out of other frameworks: the PyTorch reference and its converter, the TF-Slim,
+Keras and timm converters, and the registry of published ImageNet weights."""

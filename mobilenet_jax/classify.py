@@ -1,0 +1,55 @@
+"""Top-5 ImageNet labels of images: `python -m mobilenet_jax.classify IMAGE... [--weights NAME_OR_PATH]`.
+
+Each image goes through the weights' own preprocessing (`Pretrained.preprocessing`); the
+output lists, per image, the most probable classes with their softmax probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from mobilenet_jax.interop.imagenet import class_names
+from mobilenet_jax.interop.pretrained import REGISTRY, Pretrained, load_pretrained
+
+DEFAULT_WEIGHTS = "mobilenet_v1_100_224.timm"
+
+
+def top_k(pretrained: Pretrained, images: Sequence[object], k: int = 5) -> list[list[tuple[str, float]]]:
+    """The `k` most probable (label, probability) pairs of each image (PIL image or uint8 array)."""
+    batch = np.stack([pretrained.preprocessing(image) for image in images])
+    logits = jax.jit(pretrained.model.apply)(pretrained.variables, batch)
+    probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
+    names = class_names(probabilities.shape[-1])
+    return [[(names[i], float(p[i])) for i in np.argsort(-p)[:k]] for p in probabilities]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the top-k labels of every image named on the command line."""
+    parser = argparse.ArgumentParser(prog="python -m mobilenet_jax.classify", description=__doc__.split("\n")[0])
+    parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
+                        help=f"a registered name ({', '.join(sorted(REGISTRY)[:2])}, ...) or a local file")
+    parser.add_argument("--top", type=int, default=5, help="how many labels to print per image")
+    args = parser.parse_args(argv)
+
+    from PIL import Image
+
+    pretrained = load_pretrained(args.weights)
+    images = []
+    for path in args.images:
+        with Image.open(path) as image:
+            images.append(image.convert("RGB"))
+    for path, labels in zip(args.images, top_k(pretrained, images, args.top)):
+        print(path)
+        for name, probability in labels:
+            print(f"  {probability:7.2%}  {name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Files by URL into a cache folder, once, kept only after their size and sha256 check out.
+
+The cache is `$MOBILENET_JAX_CACHE`, by default `~/.cache/mobilenet_jax`. A download streams
+into a temporary file beside its destination and is renamed into place only when complete and,
+where a sha256 is known, matching; otherwise nothing is left behind. For files whose sha256 is
+not pinned, the first download's digest is recorded beside the file (`<file>.sha256`) and every
+later use is checked against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+CACHE_ENV = "MOBILENET_JAX_CACHE"
+_CHUNK = 1 << 20
+
+
+class ChecksumError(ValueError):
+    """A file's sha256 is not the one expected."""
+
+
+def cache_dir() -> Path:
+    """The cache folder: `$MOBILENET_JAX_CACHE`, else `~/.cache/mobilenet_jax`."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mobilenet_jax")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 of the file at `path`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str | None) -> str:
+    """The file's sha256; ChecksumError if `expected` is given and differs (the file is kept)."""
+    digest = sha256_of(path)
+    if expected and digest != expected:
+        raise ChecksumError(f"{path} has sha256 {digest}, expected {expected}: not the published file")
+    return digest
+
+
+def _download_to_temporary(url: str, destination: Path, timeout: float) -> tuple[Path, str]:
+    """Stream `url` into a temporary file beside `destination`: (its path, its sha256).
+
+    A transfer that ends before Content-Length bytes raises OSError naming the URL and the
+    byte counts, and leaves no file behind.
+    """
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".", suffix=".part")
+    temporary, digest, received = Path(name), hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            expected = response.headers.get("Content-Length")
+            try:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+            except http.client.IncompleteRead as error:
+                received += len(error.partial)
+                expected = expected or received + (error.expected or 0)
+        if expected is not None and received != int(expected):
+            raise OSError(f"download of {url} was cut off: {received} of {expected} bytes; call again to retry")
+        return temporary, digest.hexdigest()
+    except urllib.error.URLError as error:
+        temporary.unlink(missing_ok=True)
+        raise OSError(f"cannot download {url} ({error.reason}); without internet, pass the file you have") from error
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def fetch(url: str, filename: str, sha256: str | None, cache: str | os.PathLike | None = None,
+          timeout: float = 60.0) -> Path:
+    """The cached copy of `url` (as `filename` in the cache), downloaded on first use.
+
+    `sha256` pins the content; when None the first download's digest is recorded and later
+    uses are checked against it (with a warning that the file is unpinned). A cached file with
+    the wrong digest is removed and ChecksumError raised; a downloaded one is never kept.
+    """
+    path = Path(cache or cache_dir()) / filename
+    record = path.with_name(path.name + ".sha256")
+    expected = sha256 or (record.read_text().split()[0] if record.exists() else None)
+    if path.exists():
+        try:
+            check_sha256(path, expected)
+        except ChecksumError:
+            path.unlink()
+            raise
+        return path
+    temporary, digest = _download_to_temporary(url, path, timeout)
+    if expected and digest != expected:
+        temporary.unlink()
+        raise ChecksumError(f"{url} has sha256 {digest}, expected {expected}: the download was not kept")
+    os.replace(temporary, path)
+    if sha256 is None and not record.exists():
+        record.write_text(digest + "\n")
+        warnings.warn(
+            f"{filename}: no sha256 is pinned for {url}; recorded this download's {digest} in {record} "
+            f"and later uses are checked against it",
+            stacklevel=2,
+        )
+    return path

@@ -1,0 +1,108 @@
+"""TF-Slim MobileNet v1 checkpoints (the paper authors' `mobilenet_v1_{alpha}_{size}`) -> Flax.
+
+Names (tensorflow/models `research/slim/nets/mobilenet_v1.py`): `MobilenetV1/Conv2d_0/weights`,
+`MobilenetV1/Conv2d_{i}_depthwise/depthwise_weights` (3, 3, C, 1), `Conv2d_{i}_pointwise/weights`,
+each followed by `.../BatchNorm/{gamma, beta, moving_mean, moving_variance}`, and the classifier
+`MobilenetV1/Logits/Conv2d_1c_1x1/{weights, biases}`, a 1x1 convolution over 1001 classes
+(index 0 = background). Slim uses ReLU6, TF SAME padding and BatchNorm epsilon 1e-3, decay
+0.9997. TF-Slim pools with a 7x7 VALID window, which equals this model's global mean for inputs
+up to 224 (final map at most 7x7) but not beyond.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from mobilenet_jax.interop.layout import ConvBN, Converted, assemble, from_tf_layout
+from mobilenet_jax.model import BLOCKS
+
+SCOPE = "MobilenetV1"
+EMA_SUFFIX = "/ExponentialMovingAverage"
+_logger = logging.getLogger(__name__)
+HEAD = (f"{SCOPE}/Logits/Conv2d_1c_1x1/weights", f"{SCOPE}/Logits/Conv2d_1c_1x1/biases")
+FIELDS = dict(activation="relu6", padding="same", bn_epsilon=1e-3, bn_momentum=0.9997, min_depth=8)
+
+
+def layer_names() -> list[ConvBN]:
+    """Source names of the 27 convolution + BatchNorm layers, in forward order."""
+    layers = [("Conv2d_0", "weights")]
+    for i in range(1, len(BLOCKS) + 1):
+        layers += [(f"Conv2d_{i}_depthwise", "depthwise_weights"), (f"Conv2d_{i}_pointwise", "weights")]
+    return [
+        ConvBN(f"{SCOPE}/{layer}/{kernel}", *(f"{SCOPE}/{layer}/BatchNorm/{v}" for v in
+                                            ("gamma", "beta", "moving_mean", "moving_variance")))
+        for layer, kernel in layers
+    ]
+
+
+def checkpoint_prefix(path: str | os.PathLike) -> str:
+    """The checkpoint prefix at `path`: a prefix, its `.index` file, or a folder holding one."""
+    path = Path(path)
+    if path.is_dir():
+        indexes = sorted(path.rglob("*.index"))
+        if len(indexes) != 1:
+            raise FileNotFoundError(
+                f"{path} holds {len(indexes)} checkpoint .index files, expected 1; pass the checkpoint prefix"
+            )
+        path = indexes[0]
+    prefix = str(path)[: -len(".index")] if path.suffix == ".index" else str(path)
+    if not Path(prefix + ".index").exists():
+        raise FileNotFoundError(f"no TensorFlow checkpoint at {prefix} ({prefix}.index is missing)")
+    return prefix
+
+
+def model_tensor_names() -> list[str]:
+    """Every name a conversion may read: the model's variables and their EMA shadows."""
+    names = [name for layer in layer_names() for name in layer.names()] + list(HEAD)
+    return names + [name + EMA_SUFFIX for name in names]
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The model's tensors (and shadows) in the TensorFlow checkpoint at `path`, by name.
+
+    Optimizer slots and other variables are left unread.
+    """
+    import tensorflow as tf  # only this reader needs TensorFlow
+
+    reader = tf.train.load_checkpoint(checkpoint_prefix(path))
+    return {name: reader.get_tensor(name) for name in model_tensor_names() if reader.has_tensor(name)}
+
+
+def from_tf_slim(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | None = None) -> Converted:
+    """Flax variables and model fields from a TF-Slim MobileNet v1 checkpoint.
+
+    `source` is a checkpoint prefix (or its folder), or a mapping name -> array (a checkpoint's
+    tensors, or a frozen graph's constants). With `use_ema=None` each variable's
+    `/ExponentialMovingAverage` shadow is taken when the source has it (the published
+    checkpoints were evaluated through them); True requires the shadows, False ignores them.
+    `Converted.origin` names the tensor each variable came from. Alpha, the class count (1001
+    with background at 0) and whether a classifier is present are inferred.
+    """
+    tensors = source if isinstance(source, Mapping) else read_checkpoint(source)
+    where = "the mapping" if isinstance(source, Mapping) else str(source)
+
+    def resolve(name: str) -> str:
+        shadow = name + EMA_SUFFIX
+        if use_ema is not False and shadow in tensors:
+            return shadow
+        if use_ema:
+            raise KeyError(f"{where} has no {shadow!r}; pass use_ema=False to use the raw variables")
+        if name not in tensors:
+            raise KeyError(f"{where} is missing {name!r}: is it a TF-Slim MobilenetV1 checkpoint?")
+        return name
+
+    def read(name: str, role: str) -> np.ndarray:
+        return from_tf_layout(name, tensors[name], role)
+
+    has_head = any(n in tensors for n in (HEAD[0], HEAD[0] + EMA_SUFFIX))
+    head = (resolve(HEAD[0]), resolve(HEAD[1])) if has_head else None
+    layers = [ConvBN(*map(resolve, layer.names())) for layer in layer_names()]
+    converted = assemble(read, layers, head, FIELDS, f"TF-Slim ({where})")
+    shadows = sum(name.endswith(EMA_SUFFIX) for name in converted.origin.values())
+    _logger.info("%s: %d of %d variables from ExponentialMovingAverage shadows", where, shadows, len(converted.origin))
+    return converted

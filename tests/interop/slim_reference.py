@@ -1,0 +1,90 @@
+"""A TF-Slim MobileNet v1 made with TensorFlow alone: a checkpoint with the real variable names
+(random values, BatchNorm perturbed, ExponentialMovingAverage shadows, an optimizer slot) and
+the forward pass TF-Slim's graph computes, written with `tf.nn` ops over those names."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mobilenet_jax.interop import tf_slim
+from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, scaled_channels
+
+BN = ("gamma", "beta", "moving_mean", "moving_variance")
+
+
+def random_tensors(alpha: float, num_classes: int, seed: int) -> dict[str, np.ndarray]:
+    """Random MobilenetV1 variables by name: He-scaled kernels, BatchNorm far from identity."""
+    rng = np.random.default_rng(seed)
+    widths = [scaled_channels(STEM_CHANNELS, alpha)] + [scaled_channels(c, alpha) for c, _ in BLOCKS]
+    tensors = {}
+
+    def conv_bn(layer: str, kernel_name: str, shape: tuple[int, ...], fan_in: int) -> None:
+        tensors[f"MobilenetV1/{layer}/{kernel_name}"] = rng.normal(0, np.sqrt(2 / fan_in), shape)
+        c = shape[-2] if kernel_name == "depthwise_weights" else shape[-1]
+        bn = f"MobilenetV1/{layer}/BatchNorm/"
+        tensors[bn + "gamma"] = rng.uniform(0.5, 1.5, c)
+        tensors[bn + "beta"] = rng.normal(0, 0.2, c)
+        tensors[bn + "moving_mean"] = rng.normal(0, 0.2, c)
+        tensors[bn + "moving_variance"] = rng.uniform(0.5, 2.0, c)
+
+    conv_bn("Conv2d_0", "weights", (3, 3, 3, widths[0]), 27)
+    for i in range(1, len(BLOCKS) + 1):
+        conv_bn(f"Conv2d_{i}_depthwise", "depthwise_weights", (3, 3, widths[i - 1], 1), 9)
+        conv_bn(f"Conv2d_{i}_pointwise", "weights", (1, 1, widths[i - 1], widths[i]), widths[i - 1])
+    if num_classes:
+        tensors[tf_slim.HEAD[0]] = rng.normal(0, np.sqrt(1 / widths[-1]), (1, 1, widths[-1], num_classes))
+        tensors[tf_slim.HEAD[1]] = rng.normal(0, 0.1, num_classes)
+    return {k: v.astype(np.float32) for k, v in tensors.items()}
+
+
+def with_shadows(tensors: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """`tensors` plus an ExponentialMovingAverage shadow of each (slightly different values),
+    a `global_step` and an RMSProp slot, as a training checkpoint holds them."""
+    rng = np.random.default_rng(seed)
+    out = dict(tensors)
+    for name, value in tensors.items():
+        scale = 1 + rng.uniform(-0.05, 0.05, value.shape)
+        out[name + tf_slim.EMA_SUFFIX] = (value * scale).astype(np.float32)
+    out["MobilenetV1/Conv2d_0/weights/RMSProp"] = np.ones_like(tensors["MobilenetV1/Conv2d_0/weights"])
+    out["global_step"] = np.array(1234, np.int64)
+    return out
+
+
+def save_checkpoint(prefix: str, tensors: dict[str, np.ndarray]) -> str:
+    """Write `tensors` as a TensorFlow V2 checkpoint at `prefix`; `tf.train.load_checkpoint` reads it."""
+    names = sorted(tensors)
+    tf.raw_ops.SaveV2(
+        prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names),
+        tensors=[tf.constant(tensors[n]) for n in names],
+    )
+    return prefix
+
+
+def slim_forward(prefix: str, images: np.ndarray, use_ema: bool = True) -> np.ndarray:
+    """TF-Slim's eval graph over the checkpoint: SAME convs, BatchNorm eps 1e-3, ReLU6, pooled
+    1x1 conv with biases, spatially squeezed. With `use_ema` the shadows are read in place of
+    the variables, as slim's evaluation restores them. Without a classifier: pooled features."""
+    reader = tf.train.load_checkpoint(prefix)
+
+    def get(name: str) -> tf.Tensor:
+        shadow = name + tf_slim.EMA_SUFFIX
+        return tf.constant(reader.get_tensor(shadow if use_ema and reader.has_tensor(shadow) else name))
+
+    def bn_relu6(x: tf.Tensor, layer: str) -> tf.Tensor:
+        gamma, beta, mean, var = (get(f"MobilenetV1/{layer}/BatchNorm/{v}") for v in BN)
+        return tf.nn.relu6(tf.nn.batch_normalization(x, mean, var, beta, gamma, 1e-3))
+
+    x = tf.constant(images)
+    x = bn_relu6(tf.nn.conv2d(x, get("MobilenetV1/Conv2d_0/weights"), 2, "SAME"), "Conv2d_0")
+    for i, (_, stride) in enumerate(BLOCKS, start=1):
+        dw = get(f"MobilenetV1/Conv2d_{i}_depthwise/depthwise_weights")
+        x = bn_relu6(tf.nn.depthwise_conv2d(x, dw, [1, stride, stride, 1], "SAME"), f"Conv2d_{i}_depthwise")
+        pw = get(f"MobilenetV1/Conv2d_{i}_pointwise/weights")
+        x = bn_relu6(tf.nn.conv2d(x, pw, 1, "SAME"), f"Conv2d_{i}_pointwise")
+    kernel = [min(x.shape[1], 7), min(x.shape[2], 7)]
+    x = tf.nn.avg_pool2d(x, kernel, 1, "VALID")
+    if not reader.has_tensor(tf_slim.HEAD[0]):
+        return tf.squeeze(x, [1, 2]).numpy()
+    x = tf.nn.conv2d(x, get(tf_slim.HEAD[0]), 1, "SAME") + get(tf_slim.HEAD[1])
+    return tf.squeeze(x, [1, 2]).numpy()

@@ -1,0 +1,100 @@
+"""TF-Slim checkpoints written by TensorFlow with the real names -> Flax, against TF's logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+import slim_reference as ref  # noqa: E402
+from flax.traverse_util import flatten_dict  # noqa: E402
+from logit_check import TOLERANCE, flax_logits, max_diff  # noqa: E402
+
+from mobilenet_jax.interop import tf_slim  # noqa: E402
+
+
+def images(size: int, seed: int = 0) -> np.ndarray:
+    """Two images in TF-Slim's input range [-1, 1]."""
+    return np.random.default_rng(seed).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+
+
+@pytest.mark.parametrize("alpha, size", [(0.25, 128), (0.5, 160), (1.0, 224)])
+def test_checkpoint_matches_tf_slim_logits_through_ema_shadows(tmp_path, alpha, size):
+    tensors = ref.with_shadows(ref.random_tensors(alpha, 1001, seed=1), seed=2)
+    prefix = ref.save_checkpoint(str(tmp_path / "model.ckpt"), tensors)
+    converted = tf_slim.from_tf_slim(prefix)
+    assert converted.fields == dict(tf_slim.FIELDS, alpha=alpha, num_classes=1001)
+    assert all(name.endswith(tf_slim.EMA_SUFFIX) for name in converted.origin.values())
+    x = images(size)
+    assert max_diff(converted, x, ref.slim_forward(prefix, x), f"TF-Slim alpha {alpha} size {size}") <= TOLERANCE
+
+
+def test_use_ema_false_reads_the_raw_variables_and_true_requires_shadows(tmp_path):
+    raw = ref.random_tensors(0.25, 1001, seed=3)
+    prefix = ref.save_checkpoint(str(tmp_path / "ema.ckpt"), ref.with_shadows(raw, seed=4))
+    converted = tf_slim.from_tf_slim(prefix, use_ema=False)
+    assert not any(name.endswith(tf_slim.EMA_SUFFIX) for name in converted.origin.values())
+    x = images(128)
+    assert np.max(np.abs(flax_logits(converted, x) - ref.slim_forward(prefix, x, use_ema=False))) <= TOLERANCE
+    plain = ref.save_checkpoint(str(tmp_path / "plain.ckpt"), raw)
+    with pytest.raises(KeyError, match="has no .*/ExponentialMovingAverage.*use_ema=False"):
+        tf_slim.from_tf_slim(plain, use_ema=True)
+
+
+def test_checkpoint_folder_without_classifier_gives_pooled_features(tmp_path):
+    prefix = ref.save_checkpoint(str(tmp_path / "base.ckpt"), ref.random_tensors(0.25, 0, seed=5))
+    converted = tf_slim.from_tf_slim(tmp_path)
+    assert converted.fields["num_classes"] == 0 and converted.fields["alpha"] == 0.25
+    x = images(128)
+    assert np.max(np.abs(flax_logits(converted, x) - ref.slim_forward(prefix, x))) <= TOLERANCE
+
+
+def test_mapping_source_equals_checkpoint(tmp_path):
+    tensors = ref.random_tensors(0.25, 1001, seed=6)
+    from_mapping = tf_slim.from_tf_slim(tensors)
+    prefix = ref.save_checkpoint(str(tmp_path / "m.ckpt"), tensors)
+    assert from_mapping.fields["alpha"] == 0.25
+    x = images(128)
+    assert np.max(np.abs(flax_logits(from_mapping, x) - ref.slim_forward(prefix, x))) <= TOLERANCE
+
+
+def test_missing_and_misshapen_variables_are_named(tmp_path):
+    tensors = ref.random_tensors(0.25, 1001, seed=7)
+    missing = {k: v for k, v in tensors.items() if k != "MobilenetV1/Conv2d_3_pointwise/weights"}
+    with pytest.raises(KeyError, match="MobilenetV1/Conv2d_3_pointwise/weights"):
+        tf_slim.from_tf_slim(missing)
+    bad = dict(tensors)
+    bad["MobilenetV1/Conv2d_5_depthwise/BatchNorm/gamma"] = np.ones(7, np.float32)
+    with pytest.raises(ValueError, match=r"Conv2d_5_depthwise/BatchNorm/gamma.*block5/depthwise/bn/scale"):
+        tf_slim.from_tf_slim(bad)
+    flat = dict(tensors)
+    flat["MobilenetV1/Conv2d_0/weights"] = np.ones((27, 8), np.float32)
+    with pytest.raises(ValueError, match="Conv2d_0/weights.*rank 4"):
+        tf_slim.from_tf_slim(flat)
+    with pytest.raises(FileNotFoundError, match="nothing.ckpt.index is missing"):
+        tf_slim.from_tf_slim(tmp_path / "nothing.ckpt")
+
+
+def test_published_archive_is_recognised_extracted_and_converted(tmp_path, monkeypatch):
+    import tarfile
+
+    from mobilenet_jax.interop import download, pretrained
+
+    monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
+    folder = tmp_path / "mobilenet_v1_0.25_128"
+    folder.mkdir()
+    tensors = ref.with_shadows(ref.random_tensors(0.25, 1001, seed=8), seed=9)
+    prefix = ref.save_checkpoint(str(folder / "mobilenet_v1_0.25_128.ckpt"), tensors)
+    archive = tmp_path / "mobilenet_v1_0.25_128.tgz"  # the published archive's name and layout
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in folder.iterdir():
+            tar.add(path, arcname=f"./{path.name}")
+    loaded = pretrained.load_pretrained(str(archive))
+    assert loaded.preprocessing == pretrained.REGISTRY["mobilenet_v1_025_128.tf_slim"].preprocessing
+    assert (loaded.model.alpha, loaded.model.num_classes, loaded.preprocessing.size) == (0.25, 1001, 128)
+    x = images(128)
+    assert np.max(np.abs(flax_logits(loaded, x) - ref.slim_forward(prefix, x))) <= TOLERANCE
+    # Offline, the extracted checkpoint prefix stands in for the published archive.
+    from_prefix = pretrained.load_pretrained("mobilenet_v1_025_128.tf_slim", file=prefix)
+    np.testing.assert_equal(flatten_dict(from_prefix.variables), flatten_dict(loaded.variables))
