@@ -167,6 +167,16 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
-def create_model(name: str, **kwargs: Any) -> MobileNetV1:
-    """A MobileNetV1 for the named variant; `kwargs` set any other field (num_classes, dtype...)."""
-    return MobileNetV1(alpha=get_variant(name).alpha, **kwargs)
+def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> Any:
+    """A MobileNetV1 for the named variant; `kwargs` set any other field (num_classes, dtype...).
+
+    With `pretrained` ("tf_slim", "keras" or "timm") it returns `(model, variables)`: the model
+    with the fields those published weights need (`kwargs` may still set others, e.g. dtype)
+    and the converted variables (`mobilenet_jax.pretrained`; downloaded once, then cached).
+    """
+    if pretrained is None:
+        return MobileNetV1(alpha=get_variant(name).alpha, **kwargs)
+    from mobilenet_jax.interop.pretrained import load_pretrained  # frameworks load only when asked
+
+    loaded = load_pretrained(f"{name}.{pretrained}")
+    return loaded.model.clone(**kwargs), loaded.variables

@@ -188,3 +188,14 @@ def test_unreachable_server_is_named_with_the_offline_fix(tmp_path):
     with pytest.raises(OSError, match=r"cannot download http://127.0.0.1:9/w.bin .*pass the file you have"):
         download.fetch("http://127.0.0.1:9/w.bin", "w.bin", None, cache=tmp_path)
     assert cache_files(tmp_path) == []
+
+
+def test_create_model_with_pretrained_gives_the_converted_model(timm_entry, monkeypatch):
+    entry, local = timm_entry
+    named = dataclasses.replace(entry, name="mobilenet_v1_025_128.timm")
+    monkeypatch.setitem(pretrained.REGISTRY, named.name, named)
+    from mobilenet_jax import create_model
+
+    model, variables = create_model("mobilenet_v1_025_128", pretrained="timm", dtype="bfloat16")
+    assert model == from_timm(local).model().clone(dtype="bfloat16")
+    np.testing.assert_equal(flatten_dict(variables), flatten_dict(from_timm(local).variables))
