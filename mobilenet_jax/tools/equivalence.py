@@ -121,6 +121,10 @@ def gradient_errors(case: Case, reference_dtype: torch.dtype = torch.float64) ->
     return relative_errors(ours, expected)
 
 
+# Gradients are compared where no float32 rounding of a ReLU input to the other side of zero
+# changes them (seeds 0 and 1 have such an input: 1.4e-2 on an AVX2 CPU, for either set of forms).
+GRADIENT_SEED = 2
+
 REPORT_CASES = [
     Case(1.0, 224, "relu"), Case(0.75, 192, "relu6"), Case(0.5, 160, "relu"), Case(0.25, 128, "relu6"), Case(1.0, 97),
 ]
@@ -136,7 +140,7 @@ def report(kernel_sets: tuple[str, ...] = tuple(backends.KERNEL_SETS)) -> str:
             diff, scale = eval_difference(case)
             rows.append(f"| eval | {case.alpha} | {case.size} | {case.activation} | {forms} | {diff:.1e} | "
                         f"max abs logit {scale:.2f} |")
-        case = Case(0.5, 96, forms=forms, batch=4, num_classes=10)
+        case = Case(0.5, 96, forms=forms, batch=4, num_classes=10, seed=GRADIENT_SEED)
         diff, stats = train_difference(case)
         rows.append(f"| train forward | 0.5 | 96 | relu | {forms} | {diff:.1e} | running stats rel err {stats:.1e} |")
         for dtype in (torch.float64, torch.float32):
