@@ -1,0 +1,86 @@
+"""What an export starts from: a model, its variables, its input size and its preprocessing.
+
+`load_weights` accepts a run's workdir (its `mobilenet_v1.msgpack` and `config.json`), a model
+file written by `weights.save_model`, or a pretrained name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping
+
+from mobilenet_jax import weights
+from mobilenet_jax.export import project
+from mobilenet_jax.model import MIN_INPUT_SIZE, MobileNetV1
+
+MODEL_FILE = "mobilenet_v1.msgpack"
+CONFIG_FILE = "config.json"
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_NORMALIZATION = "imagenet"
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployable:
+    """A model ready to export: its input is `image_size` square, normalised by `normalization`."""
+
+    model: MobileNetV1
+    variables: Mapping[str, Any]
+    image_size: int = DEFAULT_IMAGE_SIZE
+    normalization: str = DEFAULT_NORMALIZATION
+
+    def __post_init__(self) -> None:
+        if self.image_size < MIN_INPUT_SIZE:
+            raise ValueError(f"image_size must be >= {MIN_INPUT_SIZE}, got {self.image_size}")
+
+
+def load_weights(
+    weights_ref: str, *, image_size: int | None = None, normalization: str | None = None
+) -> Deployable:
+    """The model behind `weights_ref`: a workdir, a `.msgpack` model file or a pretrained name.
+
+    A workdir's `config.json` supplies the image size and normalisation of its training run;
+    `image_size` and `normalization` override them (a bare model file has neither: 224 and
+    "imagenet", the project's defaults, unless given).
+    """
+    settings: dict[str, Any] = {}
+    if os.path.isdir(weights_ref):
+        path = os.path.join(weights_ref, MODEL_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: the run in {weights_ref} has not finished; train it first")
+        settings = _run_settings(os.path.join(weights_ref, CONFIG_FILE))
+        model, variables = weights.load_model(path)
+    elif os.path.exists(weights_ref) or weights_ref.endswith(".msgpack"):
+        if not os.path.exists(weights_ref):
+            raise FileNotFoundError(f"weights file {weights_ref} does not exist; pass a model file, workdir or name")
+        model, variables = weights.load_model(weights_ref)
+    else:
+        model, variables, settings = _pretrained(weights_ref)
+    overrides = {"image_size": image_size, "normalization": normalization}
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    return Deployable(model, variables, **settings)
+
+
+def _run_settings(config_path: str) -> dict[str, Any]:
+    """Image size and normalisation recorded by a training run (flat keys), where present."""
+    if not os.path.exists(config_path):
+        return {}
+    with open(config_path) as f:
+        config = json.load(f)
+    return {key: config[key] for key in ("image_size", "normalization") if key in config}
+
+
+def _pretrained(name: str) -> tuple[MobileNetV1, Mapping[str, Any], dict[str, Any]]:
+    """Model, variables and settings from the pretrained registry's (model, variables[, settings])."""
+    model, variables, *rest = project.load_pretrained(name)
+    settings = dict(rest[0]) if rest else {}
+    return model, variables, {k: v for k, v in settings.items() if k in ("image_size", "normalization")}
+
+
+def check_kind(format_name: str, kind: str, kinds: tuple[str, ...], calibration: Any) -> None:
+    """Raise a one-line ValueError for a kind the format lacks, or int8 without calibration data."""
+    if kind not in kinds:
+        raise ValueError(f"{format_name} kind must be one of {kinds}, got {kind!r}")
+    if kind == "int8" and calibration is None:
+        raise ValueError(f"{format_name} kind 'int8' needs calibration images: pass --calibration digits or a folder")
