@@ -31,15 +31,18 @@ def export_tflite(
     *,
     kind: str = "float32",
     calibration: Iterable[np.ndarray] | None = None,
+    batch_size: int | None = 1,
 ) -> bytes:
     """The flatbuffer of `deployable` quantized as `kind` (see the module docstring).
 
-    `calibration` (needed for "int8" only) yields float32 NHWC image batches. The bytes are also
-    written to `path` when given.
+    `calibration` (needed for "int8" only) yields float32 NHWC image batches. The input has
+    `batch_size` images (the interpreter resizes it at run time); None keeps the batch dimension
+    symbolic, at the cost of shape-computing ops (SHAPE, BROADCAST_TO) that XNNPACK does not take.
+    The bytes are also written to `path` when given.
     """
     check_kind("TFLite", kind, KINDS, calibration)
     tf = require("tensorflow")
-    forward = tf_function(deployable, batch_size=1)
+    forward = tf_function(deployable, batch_size)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], forward)
     if kind != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
