@@ -176,7 +176,7 @@ def exported_runner(runtime: str, kind: str, model: MobileNetV1, images: np.ndar
     from mobilenet_jax.export.tflite import TFLiteModel, export_tflite
 
     deployable = Deployable(model, model.init(jax.random.key(0), images[:1]), images.shape[1])
-    calibration = [random_batch(8, images.shape[1], seed=1)[0]]
+    calibration = [random_batch(max(8, len(images)), images.shape[1], seed=1)[0]]
     threads = os.cpu_count()
     if runtime == "litert":
         runner = TFLiteModel(export_tflite(deployable, kind=kind, calibration=calibration), threads)
@@ -241,6 +241,20 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def exported_runtime_versions(runtimes: list[str]) -> dict[str, str]:
+    """Installed versions of the exported runtimes' packages (and their converters)."""
+    from importlib import metadata
+
+    packages = {"onnxruntime": ("onnxruntime", "tf2onnx"), "litert": ("ai-edge-litert", "tensorflow-cpu")}
+    versions = {}
+    for package in (p for runtime in runtimes for p in packages.get(runtime, ())):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     """Machine, library versions, thread count and the command line."""
     cpu = cpu_model()
@@ -256,6 +270,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
             "flax": flax.__version__,
             "optax": optax.__version__,
             "torch": torch.__version__,
+            **exported_runtime_versions(args.runtimes),
         },
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.speed", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

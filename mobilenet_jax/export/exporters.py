@@ -77,7 +77,7 @@ def export(
     if isinstance(calibration, str):
         if kind != "int8":
             calibration = None
-        else:
+        else:  # the data pipeline needs the train extra (TensorFlow, ml_collections): import on use
             from mobilenet_jax.export.datasets import calibration_images
 
             calibration = calibration_images(calibration, deployable)

@@ -105,15 +105,9 @@ class OnnxModel:
         if num_threads:
             options.intra_op_num_threads = num_threads
         content = model if isinstance(model, bytes) else epath.Path(model).read_bytes()
-        self._content = content
         self.session = ort.InferenceSession(content, options, providers=["CPUExecutionProvider"])
         self._input = self.session.get_inputs()[0].name
         self.batch_size: int = self.session.get_inputs()[0].shape[0]
-
-    def op_types(self) -> set[str]:
-        """The ONNX op types in the graph, e.g. {"Conv", "Gemm", ...}."""
-        onnx = require("onnx")
-        return {node.op_type for node in onnx.load_from_string(self._content).graph.node}
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images, np.float32)

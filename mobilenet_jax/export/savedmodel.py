@@ -39,7 +39,9 @@ def export_savedmodel(deployable: Deployable, path: str, *, kind: str = "float32
 
     "serving_default": `images` float32 [b, S, S, 3], already normalised -> `logits`.
     "serving_bytes": `encoded` string [b] of JPEG/PNG files -> `logits`, each image decoded,
-    center-cropped, resized and normalised by the training pipeline's eval preprocessing.
+    center-cropped, resized and normalised by the training pipeline's eval preprocessing for
+    photographs (`preprocess_for_eval`: crop S / (S + 32) of the shorter side, the deployable's
+    normalisation).
     """
     check_kind("SavedModel", kind, KINDS, calibration)
     tf = require("tensorflow")

@@ -2,7 +2,6 @@
 
 import sys
 
-import numpy as np
 import pytest
 from export_models import FLOAT32_TOLERANCE, images, realistic_deployable
 
