@@ -2,7 +2,10 @@
 
     python -m benchmarks.speed --batch 32 --steps 3 --repeats 5 --json bench.json
 
-Every contender is timed by the same helper, interleaved round by round (one timed block of
+Exported models join the inference contenders ("infer" at `--batch`, "latency" at batch 1):
+ONNX Runtime and LiteRT (XNNPACK), float32 and int8, each with `os.cpu_count()` threads, from
+the same weights as the JAX model (`--runtimes`, `--export-kinds`; int8 calibrated on random
+images, which sets speed, not accuracy). Every contender is timed by the same helper, interleaved round by round (one timed block of
 `--steps` calls per contender per round), so machine load hits JAX and PyTorch alike. The first
 call of each contender is the warm-up; for JAX its excess over the steady-state median is
 reported as compile time. PyTorch runs in float32 with `torch.set_num_threads(os.cpu_count())`.
@@ -84,6 +87,42 @@ def torch_models(alpha: float, compiled: bool) -> dict[str, Callable[[], torch.n
     return factories
 
 
+def exported_runner(runtime: str, kind: str, model: MobileNetV1, images: np.ndarray) -> Callable[[], Any]:
+    """An exported copy of the JAX benchmark model on `runtime`, called on `images`."""
+    from mobilenet_jax.export import Deployable
+    from mobilenet_jax.export.onnx import OnnxModel, export_onnx
+    from mobilenet_jax.export.tflite import TFLiteModel, export_tflite
+
+    deployable = Deployable(model, model.init(jax.random.key(0), images[:1]), images.shape[1])
+    calibration = [random_batch(max(8, len(images)), images.shape[1], seed=1)[0]]
+    threads = os.cpu_count()
+    if runtime == "litert":
+        runner = TFLiteModel(export_tflite(deployable, kind=kind, calibration=calibration), threads)
+    elif runtime == "onnxruntime":
+        flat = export_onnx(deployable, kind=kind, calibration=calibration, batch_size=len(images))
+        runner = OnnxModel(flat, threads)
+    else:
+        raise ValueError(f"unknown runtime {runtime!r}; choose litert or onnxruntime")
+    return lambda: runner(images)
+
+
+def exported_contenders(args: argparse.Namespace, images: np.ndarray) -> list[Contender]:
+    """Inference and latency contenders of every exported runtime and kind; failures are reported."""
+    sizes = {"infer": args.batch, "latency": 1}
+    contenders = []
+    for kind in (k for k in args.kinds if k in sizes):
+        for runtime in args.runtimes:
+            for export_kind in args.export_kinds:
+                name, count = f"{runtime} {export_kind}", sizes[kind]
+                model = jax_model(args.alpha, "conv", "float32")
+                try:
+                    contenders.append(Contender(name, kind, count, exported_runner(runtime, export_kind, model,
+                                                                                   images[:count])))
+                except Exception as e:  # noqa: BLE001 - a failing export is reported, not fatal
+                    contenders.append(Contender(name, kind, count, lambda: None, error=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"))
+    return contenders
+
+
 def build_contenders(args: argparse.Namespace) -> list[Contender]:
     """Train, batch inference and batch-1 latency contenders for every JAX variant and PyTorch."""
     images, labels = random_batch(args.batch, args.resolution)
@@ -102,7 +141,7 @@ def build_contenders(args: argparse.Namespace) -> list[Contender]:
         Contender(name, kind, makers[kind][0], makers[kind][1](factory()))
         for kind in args.kinds
         for name, factory in factories.items()
-    ]
+    ] + exported_contenders(args, images)
 
 
 def pick(model: Any, for_jax: Callable, for_torch: Callable) -> Callable:
@@ -120,6 +159,20 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+def exported_runtime_versions(runtimes: list[str]) -> dict[str, str]:
+    """Installed versions of the exported runtimes' packages (and their converters)."""
+    from importlib import metadata
+
+    packages = {"onnxruntime": ("onnxruntime", "tf2onnx"), "litert": ("ai-edge-litert", "tensorflow-cpu")}
+    versions = {}
+    for package in (p for runtime in runtimes for p in packages.get(runtime, ())):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     """Machine, library versions, thread count and the command line."""
     cpu = cpu_model()
@@ -135,6 +188,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
             "flax": flax.__version__,
             "optax": optax.__version__,
             "torch": torch.__version__,
+            **exported_runtime_versions(args.runtimes),
         },
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], "-m", "benchmarks.speed", *sys.argv[1:]]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -193,6 +247,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32"])
     parser.add_argument("--impls", type=lambda s: s.split(","), default=["shifted"])
     parser.add_argument("--kinds", type=lambda s: s.split(","), default=["train", "infer", "latency"])
+    parser.add_argument("--runtimes", type=lambda s: [r for r in s.split(",") if r], default=["onnxruntime", "litert"],
+                        help="exported runtimes to time (empty to skip)")
+    parser.add_argument("--export-kinds", type=lambda s: s.split(","), default=["float32", "int8"])
     parser.add_argument("--json", default=None, help="write all raw numbers here")
     parser.add_argument("--skip-torch-compile", action="store_true")
     return parser.parse_args(argv)

@@ -17,6 +17,7 @@ from flax import serialization
 
 from mobilenet_jax.model import MobileNetV1
 
+MODEL_FILE = "mobilenet_v1.msgpack"  # what a finished training run writes into its workdir
 FIELDS_SUFFIX = ".json"
 
 

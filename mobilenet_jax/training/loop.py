@@ -23,7 +23,6 @@ from mobilenet_jax.training.metrics import MetricWriter
 from mobilenet_jax.training.preemption import PreemptionWatch
 from mobilenet_jax.training.state import TrainState, create_train_state
 
-EXPORT_FILE = "mobilenet_v1.msgpack"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -124,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                schedule, checkpoints, writer, evaluate_now)
         state = runner.fetch(state)
         if int(state.step) == total_steps and jax.process_index() == 0:
-            path = loop.export_path or str(to_path(workdir) / EXPORT_FILE)
+            path = loop.export_path or str(to_path(workdir) / weights.MODEL_FILE)
             weights.save_model(path, model, {"params": state.eval_params(), "batch_stats": state.batch_stats})
         return result
     finally:

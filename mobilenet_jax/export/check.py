@@ -1,0 +1,113 @@
+"""Every export against the Flax model on the same images: the fidelity table.
+
+Float kinds are compared logit by logit: the largest |exported - Flax| over all images relative
+to the largest |Flax logit|, against a tolerance (float32 1e-4, float16 1e-2). The same ratio
+taken per image (each image's own largest logit) is reported beside it as the worst image: it
+is larger where an image's logits are all small. Int8 kinds change predictions by design, so they are measured rather than passed:
+top-1 agreement with the Flax model and, with labels, the accuracy drop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import jax
+import numpy as np
+
+from mobilenet_jax.export.exporters import FORMATS, export, load_exported
+from mobilenet_jax.export.source import Deployable
+from mobilenet_jax.inference import predict
+
+TOLERANCES = {"float32": 1e-4, "float16": 1e-2}
+ALL_EXPORTS: tuple[tuple[str, str], ...] = tuple((name, kind) for name, f in FORMATS.items() for kind in f.kinds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fidelity:
+    """How closely one export reproduces the Flax model on the checked images."""
+
+    format: str
+    kind: str
+    max_relative_diff: float  # max |exported - Flax| / max |Flax logit|, over all images
+    worst_image_diff: float  # the same ratio per image, the worst image
+    agreement: float  # fraction of images with the same top-1 class as the Flax model
+    accuracy: float | None = None  # with labels
+    reference_accuracy: float | None = None
+
+    @property
+    def tolerance(self) -> float | None:
+        """The bound on `max_relative_diff` for float kinds; None for int8 (measured only)."""
+        return TOLERANCES.get(self.kind)
+
+    @property
+    def passed(self) -> bool | None:
+        """Whether a float export is within its tolerance; None for int8 kinds."""
+        return None if self.tolerance is None else self.max_relative_diff <= self.tolerance
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        """Flax accuracy minus the export's, in points of fraction (0.01 = 1 %)."""
+        return None if self.accuracy is None else self.reference_accuracy - self.accuracy
+
+
+def reference_logits(deployable: Deployable, images: np.ndarray) -> np.ndarray:
+    """Logits of the Flax model itself (eval mode, BatchNorm not folded)."""
+    forward = jax.jit(lambda x: predict(deployable.model.apply, deployable.variables, x))
+    return np.asarray(forward(images))
+
+
+def fidelity(
+    format_name: str, kind: str, reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray | None
+) -> Fidelity:
+    """Compare an export's `outputs` with the Flax model's `reference` logits."""
+    diff, scale = np.max(np.abs(outputs - reference), axis=-1), np.max(np.abs(reference), axis=-1)
+    per_image = diff / np.where(scale > 0, scale, 1.0)
+    top1, ref_top1 = outputs.argmax(-1), reference.argmax(-1)
+    accuracy = reference_accuracy = None
+    if labels is not None:
+        accuracy, reference_accuracy = float(np.mean(top1 == labels)), float(np.mean(ref_top1 == labels))
+    return Fidelity(format_name, kind, float(diff.max() / max(scale.max(), 1e-30)), float(per_image.max()),
+                    float(np.mean(top1 == ref_top1)), accuracy, reference_accuracy)
+
+
+def check_exports(
+    deployable: Deployable,
+    images: np.ndarray,
+    labels: np.ndarray | None = None,
+    calibration: Iterable[np.ndarray] | None = None,
+    exports: Sequence[tuple[str, str]] = ALL_EXPORTS,
+    directory: str | None = None,
+) -> list[Fidelity]:
+    """Export `deployable` in each (format, kind), run it on `images` and compare with Flax.
+
+    Int8 kinds need `calibration` batches. Exports are written to `directory` (a temporary one
+    by default).
+    """
+    reference = reference_logits(deployable, images)
+    calibration = None if calibration is None else list(calibration)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for format_name, kind in exports:
+            path = os.path.join(directory or tmp, f"model_{kind}{FORMATS[format_name].suffix}")
+            export(deployable, format_name, path, kind=kind, calibration=calibration)
+            outputs = load_exported(format_name, path)(images)
+            results.append(fidelity(format_name, kind, reference, outputs, labels))
+    return results
+
+
+def format_table(results: Sequence[Fidelity]) -> str:
+    """The results as a plain-text table, one row per export."""
+    lines = [f"{'format':11} {'kind':13} {'max rel diff':>12} {'worst image':>11} {'tolerance':>9} {'pass':>5} "
+             f"{'top-1 agree':>11} {'accuracy':>8} {'drop':>7}"]
+    for r in results:
+        tolerance = "-" if r.tolerance is None else f"{r.tolerance:.0e}"
+        passed = "-" if r.passed is None else ("yes" if r.passed else "NO")
+        accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
+        drop = "-" if r.accuracy_drop is None else f"{100 * r.accuracy_drop:+.2f}"
+        lines.append(f"{r.format:11} {r.kind:13} {r.max_relative_diff:12.2e} {r.worst_image_diff:11.2e} "
+                     f"{tolerance:>9} {passed:>5} "
+                     f"{100 * r.agreement:10.2f}% {accuracy:>8} {drop:>7}")
+    return "\n".join(lines)

@@ -1,0 +1,65 @@
+"""Models for the export tests: small MobileNets whose BatchNorm statistics are realistic.
+
+A freshly initialised network has unit BatchNorm statistics, so its activations shrink layer
+after layer and its logits are ~1e-14: useless for comparing exports. Here kernels are He-normal,
+every BatchNorm gets a random scale and bias, and its running statistics are the batch
+statistics of its input on random images, computed layer by layer (what a training pass with
+momentum 0 would store), so activations stay of order one, as in a trained network. Nothing is
+compiled: building a model costs well under a second.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mobilenet_jax import MobileNetV1
+from mobilenet_jax.export import Deployable, folded_forward
+from mobilenet_jax.export.folding import float_conv
+
+BATCH = 2
+# Two widths at two non-224 sizes: every format is tested on both.
+CONFIGS = ((0.25, 96), (0.5, 128))
+FLOAT32_TOLERANCE = 1e-4
+
+
+def images(size: int, count: int = BATCH, seed: int = 0) -> np.ndarray:
+    """Standard-normal NHWC float32 images."""
+    return np.random.default_rng(seed).standard_normal((count, size, size, 3), dtype=np.float32)
+
+
+def realistic_deployable(alpha: float, size: int, num_classes: int = 10, seed: int = 0, **fields) -> Deployable:
+    """A MobileNet at `alpha` and `size` with random weights and data-derived BatchNorm statistics."""
+    model = MobileNetV1(num_classes=num_classes, alpha=alpha, **fields)
+    x = images(size, 8, seed + 1)
+    shapes = jax.eval_shape(model.init, jax.random.key(seed), x[:1])["params"]
+    rng = np.random.default_rng(seed)
+
+    def init(path, leaf):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(leaf.shape[:-1]))
+            return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
+        if name == "scale":
+            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+        return rng.normal(0, 0.2, leaf.shape).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(init, shapes)
+    stats = {}
+
+    def normalising_conv(layer, x, stride, groups, padding):
+        unit = layer["unit"]
+        y = float_conv({"kernel": unit["conv"]["kernel"], "bias": 0.0}, x, stride, groups, padding)
+        mean, var = jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2))
+        stats[layer["path"]] = {"bn": {"mean": np.asarray(mean), "var": np.asarray(var)}}
+        return (y - mean) * jax.lax.rsqrt(var + model.bn_epsilon) * unit["bn"]["scale"] + unit["bn"]["bias"]
+
+    units = {"stem": {"unit": params["stem"], "path": ("stem",)}}
+    for block in (k for k in params if k.startswith("block")):
+        units[block] = {p: {"unit": params[block][p], "path": (block, p)} for p in ("depthwise", "pointwise")}
+    folded_forward(units, jnp.asarray(x), activation=model.activation, padding=model.padding, conv=normalising_conv)
+    batch_stats = {"stem": stats["stem",]}
+    for block in (k for k in params if k.startswith("block")):
+        batch_stats[block] = {p: stats[block, p] for p in ("depthwise", "pointwise")}
+    return Deployable(model, {"params": params, "batch_stats": batch_stats}, image_size=size)
