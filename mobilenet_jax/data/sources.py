@@ -43,7 +43,9 @@ class Augment:
 class Part:
     """One process's share of a split, before shuffling and preprocessing."""
 
-    records: tf.data.Dataset  # {"image", "label": int32} in a fixed order
+    # file seed -> {"image", "label": int32} records. A seed (an int64 tensor) picks the order in
+    # which files are read; None reads them in their stored order. In-memory items ignore it.
+    read: Callable[[tf.Tensor | None], tf.data.Dataset]
     count: int  # examples in this process's share
     max_count: int  # examples in the largest share of any process
     load: Callable[[tf.Tensor], tf.Tensor]  # record image -> encoded bytes or an HWC tensor
@@ -58,7 +60,7 @@ class Source:
 
     info: DatasetInfo
     augment: Augment
-    part: Callable[..., Part]  # (train, process_index, process_count, seed) -> Part
+    part: Callable[..., Part]  # (train, process_index, process_count) -> Part
 
 
 def open_source(spec: DataSpec) -> Source:
@@ -90,19 +92,24 @@ def _tfds_source(spec: DataSpec) -> Source:
         eval_split=eval_split,
     )
 
-    def part(train: bool, process_index: int, process_count: int, seed: int | None) -> Part:
+    def part(train: bool, process_index: int, process_count: int) -> Part:
         shares = tfds.even_splits(train_split if train else eval_split, process_count)
         counts = [builder.info.splits[share].num_examples for share in shares]
-        dataset = builder.as_dataset(
-            split=shares[process_index],
-            decoders={image_key: tfds.decode.SkipDecoding()},
-            shuffle_files=train,
-            read_config=tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False),
-        )
-        records = dataset.map(
-            lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)}
-        )
-        return Part(records, counts[process_index], max(counts), tf.identity, spec.shuffle_buffer)
+
+        def read(file_seed: tf.Tensor | None) -> tf.data.Dataset:
+            dataset = builder.as_dataset(
+                split=shares[process_index],
+                decoders={image_key: tfds.decode.SkipDecoding()},
+                shuffle_files=file_seed is not None,
+                # The seed is a tensor: each epoch builds its own reader with its own file order.
+                # TFDS's in-memory autocache would then be filled and dropped once per epoch.
+                read_config=tfds.ReadConfig(
+                    shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False, try_autocache=False
+                ),
+            )
+            return dataset.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)})
+
+        return Part(read, counts[process_index], max(counts), tf.identity, spec.shuffle_buffer)
 
     return Source(info, _imagenet_augment(spec), part)
 
@@ -240,25 +247,25 @@ def _array_part(
     is_train: bool,
     process_index: int,
     process_count: int,
-    seed: int | None,
 ) -> Part:
     """All in-memory training items (see `Part.whole`), or this process's contiguous even share
-    of the evaluation items."""
-    del seed  # In-memory items have no file order to shuffle.
+    of the evaluation items. Each training epoch shuffles all of them: no file order to seed."""
     if is_train:
         items, labels = train
         count = len(labels)
-        records = tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
-        return Part(records, count, count, load, shuffle_buffer=max(count, 1), whole=True)
+        return Part(_in_memory(items, labels), count, count, load, shuffle_buffer=max(count, 1), whole=True)
     items, labels = test
     bounds = [_even_share(len(labels), index, process_count) for index in range(process_count)]
     start, stop = bounds[process_index]
-    records = tf.data.Dataset.from_tensor_slices(
-        {"image": items[start:stop], "label": labels[start:stop]}
-    )
     count = stop - start
     max_count = max(end - begin for begin, end in bounds)
-    return Part(records, count, max_count, load, shuffle_buffer=max(count, 1))
+    read = _in_memory(items[start:stop], labels[start:stop])
+    return Part(read, count, max_count, load, shuffle_buffer=max(count, 1))
+
+
+def _in_memory(items: np.ndarray, labels: np.ndarray) -> Callable[[tf.Tensor | None], tf.data.Dataset]:
+    """`Part.read` of in-memory items, which have no file order."""
+    return lambda file_seed: tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
 
 
 def _even_share(n: int, index: int, count: int) -> tuple[int, int]:

@@ -1,11 +1,11 @@
-"""A real (tiny) TFDS dataset on disk, for per-process splits and split errors."""
+"""Real (tiny) TFDS datasets on disk: per-process splits, split errors, per-epoch file orders."""
 
 from __future__ import annotations
 
 import pytest
 import tensorflow_datasets as tfds
 
-from data_helpers import TINY_EVAL, TINY_TRAIN, make_spec, smooth_image
+from data_helpers import SHARDED_FILES, SHARDED_TRAIN, TINY_EVAL, TINY_TRAIN, make_spec, smooth_image
 from mobilenet_jax import data
 
 
@@ -43,3 +43,35 @@ def tiny(tmp_path_factory) -> data.DataSpec:
     data_dir = str(tmp_path_factory.mktemp("tiny"))
     TinyLabelled(data_dir=data_dir).download_and_prepare()
     return make_spec(dataset="tiny_labelled", data_dir=data_dir, batch_size=4, eval_batch_size=4)
+
+
+class TinySharded(tfds.core.GeneratorBasedBuilder):
+    """Many small files of 8x8 PNGs labelled by their index, and a test split but no validation."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Image(shape=(8, 8, 3), encoding_format="png"),
+                "label": tfds.features.ClassLabel(num_classes=SHARDED_TRAIN),
+            }
+        )
+        return tfds.core.DatasetInfo(builder=self, features=features, supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples(SHARDED_TRAIN), "test": self._generate_examples(SHARDED_FILES)}
+
+    def _generate_examples(self, count: int):
+        for index in range(count):
+            yield index, {"image": smooth_image(8, 8, index), "label": index}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> data.DataSpec:
+    """A config for TinySharded: SHARDED_FILES training files, a shuffle buffer far smaller than one epoch."""
+    data_dir = str(tmp_path_factory.mktemp("sharded"))
+    config = tfds.download.DownloadConfig(num_shards=SHARDED_FILES)
+    TinySharded(data_dir=data_dir).download_and_prepare(download_config=config)
+    return make_spec(dataset="tiny_sharded", data_dir=data_dir, batch_size=16, eval_batch_size=4, shuffle_buffer=8, eval_split="test")

@@ -12,6 +12,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 MOCK_EXAMPLES = 10  # mock_data yields this many examples for every split
 TINY_TRAIN, TINY_EVAL = 12, 11
+SHARDED_TRAIN, SHARDED_FILES = 320, 64  # TinySharded: 5 examples a file
 
 
 def make_spec(**overrides) -> data.DataSpec:
@@ -59,3 +60,9 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth random uint8 RGB image (so JPEG keeps it close)."""
     noise = np.random.default_rng(seed).random((height // 8, width // 8, 3), np.float32) * 255
     return tf.cast(tf.image.resize(noise, [height, width]), tf.uint8).numpy()
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman correlation of the positions of the same items in two orders of them."""
+    positions = [np.argsort(order) for order in (first, second)]  # item -> position: ranks already
+    return float(np.corrcoef(*positions)[0, 1])
