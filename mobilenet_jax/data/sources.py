@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import pathlib
 from collections.abc import Callable
 
@@ -20,7 +21,7 @@ from sklearn import model_selection
 from sklearn import utils as sklearn_utils
 
 from mobilenet_jax.data.preprocess import EVAL_CROP_PADDING, keep_tensorflow_off_accelerators
-from mobilenet_jax.data.spec import DatasetInfo, DataSpec
+from mobilenet_jax.data.spec import HELD_OUT_PERCENT, DatasetInfo, DataSpec
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # Held-out splits use their own fixed seed so the test set never moves with the training seed.
@@ -83,7 +84,7 @@ def _tfds_source(spec: DataSpec) -> Source:
             "use an image-classification dataset"
         )
     labels = builder.info.features[label_key]
-    train_split, eval_split = spec.train_split, spec.eval_split
+    train_split, eval_split = _tfds_splits(builder, spec.train_split, spec.eval_split)
     info = DatasetInfo(
         num_classes=labels.num_classes,
         num_train_examples=_tfds_split_size(builder, train_split),
@@ -130,6 +131,30 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             "<data_dir>/downloads/manual) and point config.data_dir at that folder"
         )
     return builder
+
+
+def _tfds_splits(builder: tfds.core.DatasetBuilder, train_split: str, eval_split: str | None) -> tuple[str, str]:
+    """(train, eval) split strings; eval_split=None picks "validation", else "test", else a
+    held-out slice of "train" that training then does not see, and says which."""
+    if eval_split is not None:
+        return train_split, eval_split
+    for name in ("validation", "test"):
+        if name in builder.info.splits:
+            if name != "validation":
+                logging.warning("%s has no 'validation' split: evaluating on %r", builder.name, name)
+            return train_split, name
+    if train_split != "train":
+        raise ValueError(
+            f"{builder.name} has no 'validation' or 'test' split to evaluate train_split={train_split!r} "
+            f"on; set config.eval_split to one of {sorted(builder.info.splits)} or a slice of them"
+        )
+    cut = 100 - HELD_OUT_PERCENT
+    logging.warning(
+        "%s has no 'validation' or 'test' split: evaluating on train[%d%%:], which training does not see",
+        builder.name,
+        cut,
+    )
+    return f"train[:{cut}%]", f"train[{cut}%:]"
 
 
 def _tfds_split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:

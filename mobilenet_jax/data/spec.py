@@ -17,6 +17,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 MIN_IMAGE_SIZE = 32
 BUILTIN_DATASETS = ("digits", "folder")  # any other name is a TFDS dataset
+HELD_OUT_PERCENT = 10  # of a TFDS "train" split, evaluated on when the dataset has no eval split
 
 
 def check_normalization(name: str) -> str:
@@ -37,7 +38,9 @@ class DataSpec:
     normalization: str = "imagenet"
     data_dir: str | None = None  # TFDS data folder
     train_split: str = "train"
-    eval_split: str = "validation"
+    # None: the dataset's "validation" split, else "test", else the last HELD_OUT_PERCENT of
+    # "train" (which training then does not see).
+    eval_split: str | None = None
     folder_train_dir: str | None = None
     folder_eval_dir: str | None = None
     folder_eval_fraction: float = 0.1  # held out of folder_train_dir when no folder_eval_dir

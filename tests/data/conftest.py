@@ -46,9 +46,10 @@ def tiny(tmp_path_factory) -> data.DataSpec:
 
 
 class TinySharded(tfds.core.GeneratorBasedBuilder):
-    """Many small files of 8x8 PNGs labelled by their index, and a test split but no validation."""
+    """Many small files of 8x8 PNGs labelled by their index; a test split but no validation."""
 
     VERSION = tfds.core.Version("1.0.0")
+    SPLITS = ("train", "test")
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = tfds.features.FeaturesDict(
@@ -61,17 +62,35 @@ class TinySharded(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        return {"train": self._generate_examples(SHARDED_TRAIN), "test": self._generate_examples(SHARDED_FILES)}
+        sizes = {"train": SHARDED_TRAIN, "test": SHARDED_FILES}
+        return {name: self._generate_examples(sizes[name]) for name in self.SPLITS}
 
     def _generate_examples(self, count: int):
         for index in range(count):
             yield index, {"image": smooth_image(8, 8, index), "label": index}
 
 
+class TinyTrainOnly(TinySharded):
+    """TinySharded with a train split alone."""
+
+    SPLITS = ("train",)
+
+
+def prepare_sharded(builder_class: type, data_dir: str) -> data.DataSpec:
+    """A config for a TinySharded-like builder prepared in `data_dir` in SHARDED_FILES files, with
+    a shuffle buffer far smaller than one epoch."""
+    config = tfds.download.DownloadConfig(num_shards=SHARDED_FILES)
+    builder_class(data_dir=data_dir).download_and_prepare(download_config=config)
+    return make_spec(dataset=builder_class.name, data_dir=data_dir, batch_size=16, eval_batch_size=4, shuffle_buffer=8)
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory) -> data.DataSpec:
-    """A config for TinySharded: SHARDED_FILES training files, a shuffle buffer far smaller than one epoch."""
-    data_dir = str(tmp_path_factory.mktemp("sharded"))
-    config = tfds.download.DownloadConfig(num_shards=SHARDED_FILES)
-    TinySharded(data_dir=data_dir).download_and_prepare(download_config=config)
-    return make_spec(dataset="tiny_sharded", data_dir=data_dir, batch_size=16, eval_batch_size=4, shuffle_buffer=8, eval_split="test")
+    """A config for TinySharded."""
+    return prepare_sharded(TinySharded, str(tmp_path_factory.mktemp("sharded")))
+
+
+@pytest.fixture(scope="module")
+def train_only(tmp_path_factory) -> data.DataSpec:
+    """A config for TinyTrainOnly."""
+    return prepare_sharded(TinyTrainOnly, str(tmp_path_factory.mktemp("train_only")))

@@ -35,6 +35,11 @@ def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
     return [next(iterator) for _ in range(count)]
 
 
+def train_iterator(spec: data.DataSpec, seed: int = 0, start_step: int = 0):
+    """The single-process training iterator of `spec`."""
+    return data.create_train_iterator(spec, seed=seed, process_index=0, process_count=1, start_step=start_step)
+
+
 def eval_pass(config, process_index: int = 0, process_count: int = 1):
     """All batches of one eval pass."""
     return list(

@@ -25,6 +25,7 @@ from data_helpers import (
     rank_correlation,
     real_labels,
     take,
+    train_iterator,
 )
 from mobilenet_jax import data
 
@@ -162,10 +163,9 @@ def test_tfds_train_processes_read_disjoint_shares(tiny):
     assert sorted(np.concatenate(epochs)) == list(range(TINY_TRAIN))
 
 
-def train_labels(spec: data.DataSpec, steps: int, start_step: int = 0, seed: int = 0) -> np.ndarray:
+def train_labels(spec: data.DataSpec, steps: int, start_step: int = 0) -> np.ndarray:
     """Labels of `steps` training batches from `start_step`."""
-    iterator = data.create_train_iterator(spec, seed=seed, process_index=0, process_count=1, start_step=start_step)
-    return np.concatenate([batch["label"] for batch in take(iterator, steps)])
+    return np.concatenate([batch["label"] for batch in take(train_iterator(spec, start_step=start_step), steps)])
 
 
 @pytest.mark.parametrize("cache", [False, True])

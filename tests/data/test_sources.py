@@ -11,11 +11,14 @@ import tensorflow as tf
 from data_helpers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SHARDED_FILES,
+    SHARDED_TRAIN,
     SIZE,
     eval_pass,
     make_spec,
     real_labels,
     take,
+    train_iterator,
 )
 from mobilenet_jax import data
 
@@ -147,3 +150,20 @@ def test_bad_tfds_fields_raise(tiny):
         data.get_dataset_info(dataclasses.replace(tiny, eval_split="test"))
     with pytest.raises(ValueError, match="crop_min_area must be in \\(0, 1\\], got 0.0"):
         data.get_dataset_info(dataclasses.replace(tiny, crop_min_area=0.0))
+
+
+def test_tfds_eval_split_is_the_one_the_dataset_has(tiny, sharded, train_only, caplog):
+    assert data.get_dataset_info(tiny).eval_split == "validation"
+    assert "evaluating on" not in caplog.text
+    info = data.get_dataset_info(sharded)
+    assert (info.eval_split, info.num_train_examples, info.num_eval_examples) == ("test", SHARDED_TRAIN, SHARDED_FILES)
+    assert "tiny_sharded has no 'validation' split: evaluating on 'test'" in caplog.text
+    info = data.get_dataset_info(train_only)
+    assert info.eval_split == "train[90%:]" and "evaluating on train[90%:], which training" in caplog.text
+    assert (info.num_train_examples, info.num_eval_examples) == (SHARDED_TRAIN * 9 // 10, SHARDED_TRAIN // 10)
+    held_out = real_labels(eval_pass(train_only))
+    trained = np.concatenate([batch["label"] for batch in take(train_iterator(train_only), SHARDED_TRAIN // 16)])
+    assert len(held_out) == SHARDED_TRAIN // 10 and not set(held_out) & set(trained)
+    assert sorted([*held_out, *set(trained)]) == list(range(SHARDED_TRAIN))
+    with pytest.raises(ValueError, match="no 'validation' or 'test' split to evaluate train_split='train\\[:50%\\]' on"):
+        data.get_dataset_info(dataclasses.replace(train_only, train_split="train[:50%]"))
