@@ -7,10 +7,11 @@ process its part of a split. The pipeline (`pipeline.py`) does the rest the same
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import logging
-import pathlib
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -19,11 +20,17 @@ import tensorflow_datasets as tfds
 from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 from sklearn import utils as sklearn_utils
+import tqdm
 
 from mobilenet_jax.data.preprocess import EVAL_CROP_PADDING, keep_tensorflow_off_accelerators
 from mobilenet_jax.data.spec import HELD_OUT_PERCENT, DatasetInfo, DataSpec
+from mobilenet_jax.paths import to_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CHECK_THREADS = 16  # decoding releases the GIL; reading gs:// is mostly waiting
+CHECK_PROGRESS_MIN = 1000  # images: smaller folders are checked without a progress bar
+# "{{function_node ...}} Invalid PNG data, size 46 [Op:DecodeImage]" -> "Invalid PNG data, size 46"
+_TF_ERROR_DECORATION = re.compile(r"\{\{.*?\}\}|\[Op:\w+\]")
 # Held-out splits use their own fixed seed so the test set never moves with the training seed.
 SPLIT_SEED = 0
 DIGITS_NUM_TEST = 360
@@ -199,9 +206,10 @@ def _upsample_gray(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def _folder_source(spec: DataSpec) -> Source:
-    """`root/<class>/*.jpg|jpeg|png`, classes numbered in sorted folder-name order."""
+    """`root/<class>/*.jpg|jpeg|png`, classes numbered in sorted folder-name order, every image
+    checked to decode before training starts (see `_check_images`)."""
     train_dir = spec.folder_train_dir
-    class_names, paths, labels = _scan_folder(train_dir, "folder_train_dir")
+    class_names, paths, labels = _scan_folder(train_dir, "folder_train_dir", spec.skip_bad_images)
     eval_dir = spec.folder_eval_dir
     if eval_dir is None:
         fraction = spec.folder_eval_fraction
@@ -213,7 +221,7 @@ def _folder_source(spec: DataSpec) -> Source:
                 f"({error}); add images or set folder_eval_dir"
             ) from error
     else:
-        eval_names, eval_paths, eval_labels = _scan_folder(eval_dir, "folder_eval_dir")
+        eval_names, eval_paths, eval_labels = _scan_folder(eval_dir, "folder_eval_dir", spec.skip_bad_images)
         if eval_names != class_names:
             raise ValueError(
                 f"folder_eval_dir classes {eval_names} differ from folder_train_dir classes "
@@ -232,27 +240,72 @@ def _folder_source(spec: DataSpec) -> Source:
     return Source(info, _imagenet_augment(spec), part)
 
 
-def _scan_folder(root: str | None, field: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """(class names, image paths, int32 labels) of a class-per-sub-folder image folder."""
-    if root is None or not pathlib.Path(root).is_dir():
+def _scan_folder(root: str | None, field: str, skip_bad: bool) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(class names, image paths, int32 labels) of a class-per-sub-folder image folder, local or
+    gs://, with every image checked by `_check_images`."""
+    if root is None or not to_path(root).is_dir():
         raise ValueError(f"{field}={root!r} is not a folder; set config.{field} to an image folder")
-    class_dirs = sorted(path for path in pathlib.Path(root).iterdir() if path.is_dir())
-    if not class_dirs:
-        raise ValueError(f"{field}={root!r} has no class sub-folders; put images in root/<class>/")
+    class_dirs = sorted((path for path in to_path(root).iterdir() if path.is_dir()), key=lambda path: path.name)
+    if len(class_dirs) < 2:
+        raise ValueError(
+            f"{field}={root!r} has {len(class_dirs)} class sub-folders, a classifier needs at least 2; "
+            "put each class's images in root/<class>/"
+        )
+    images = {
+        class_dir: sorted(str(path) for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+        for class_dir in class_dirs
+    }
+    bad = _check_images([path for paths in images.values() for path in paths], field, skip_bad)
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        images = sorted(
-            str(path) for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not images:
+        good = [path for path in images[class_dir] if path not in bad]
+        if not good:
             raise ValueError(
-                f"class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images; "
+                f"class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images that decode; "
                 "add images or remove the folder"
             )
-        paths += images
-        labels += [label] * len(images)
+        paths += good
+        labels += [label] * len(good)
     class_names = tuple(class_dir.name for class_dir in class_dirs)
     return class_names, np.array(paths), np.array(labels, np.int32)
+
+
+def _check_images(paths: list[str], field: str, skip_bad: bool) -> dict[str, str]:
+    """{path: problem} of the images that do not decode in full, read in parallel.
+
+    Decoding goes by content, as in training: a PNG named .jpg is fine; an empty, truncated or
+    corrupt file, or one that is no image at all, is bad. Bad images raise a ValueError naming
+    every one, or with `skip_bad` are logged and returned, for the caller to leave out.
+    """
+    with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
+        problems = pool.map(_image_problem, paths)
+        progress = tqdm.tqdm(
+            problems, total=len(paths), desc=f"checking {field} images", unit="image",
+            disable=len(paths) < CHECK_PROGRESS_MIN,
+        )
+        bad = {path: problem for path, problem in zip(paths, progress) if problem}
+    if bad:
+        listing = "; ".join(f"{path}: {problem}" for path, problem in bad.items())
+        if not skip_bad:
+            raise ValueError(
+                f"{field} has {len(bad)} images that do not decode ({listing}); remove or fix them, "
+                "or set config.skip_bad_images=True to train without them"
+            )
+        logging.warning("%s: leaving out %d images that do not decode: %s", field, len(bad), listing)
+    return bad
+
+
+def _image_problem(path: str) -> str | None:
+    """Why the image file at `path` does not decode in full, or None when it does."""
+    try:
+        contents = to_path(path).read_bytes()
+        if not contents:
+            return "empty file"
+        tf.io.decode_image(contents, channels=3, expand_animations=False)
+    except (OSError, tf.errors.OpError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        return _TF_ERROR_DECORATION.sub("", message).strip().splitlines()[0]
+    return None
 
 
 def _held_out(

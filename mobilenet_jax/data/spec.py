@@ -44,6 +44,8 @@ class DataSpec:
     folder_train_dir: str | None = None
     folder_eval_dir: str | None = None
     folder_eval_fraction: float = 0.1  # held out of folder_train_dir when no folder_eval_dir
+    # Folder images that do not decode: False refuses the folder naming them, True leaves them out.
+    skip_bad_images: bool = False
     crop_min_area: float = 0.08
     shuffle_buffer: int = 16_384
     cache: bool = False
@@ -63,6 +65,10 @@ class DataSpec:
             raise ValueError(f"prefetch must be >= 0 (0: tuned by tf.data), got {self.prefetch}")
         if not 0 < self.crop_min_area <= 1:
             raise ValueError(f"crop_min_area must be in (0, 1], got {self.crop_min_area}")
+        if self.skip_bad_images and self.dataset != "folder":
+            raise ValueError(
+                f"skip_bad_images=True applies to dataset='folder' only, got dataset={self.dataset!r}; unset it"
+            )
         if not 0 < self.folder_eval_fraction < 1:
             raise ValueError(
                 f"folder_eval_fraction must be in (0, 1), got {self.folder_eval_fraction}; or set folder_eval_dir"
