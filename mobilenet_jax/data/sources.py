@@ -83,7 +83,7 @@ def open_source(spec: DataSpec) -> Source:
 
 def _tfds_source(spec: DataSpec) -> Source:
     """A TFDS image-classification dataset, read undecoded so decoding can fuse with the crop."""
-    builder = _tfds_builder(spec.dataset, spec.data_dir)
+    builder = _tfds_builder(spec.dataset, None if spec.data_dir is None else str(to_path(spec.data_dir)))
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if not isinstance(builder.info.features[image_key], tfds.features.Image):
         raise ValueError(
