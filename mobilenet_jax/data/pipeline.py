@@ -12,9 +12,9 @@ Every source goes through the same tf.data pipeline, so this is written once:
 - Training repeats forever. Epoch `e` reads the files in an order seeded by (seed, e) and
   shuffles the records with a second seed from (seed, e), so no two epochs share an order even
   when the shuffle buffer is far smaller than an epoch. With `cache`, the first read is kept in
-  memory and every epoch shuffles all of it. The augmentation of the example at stream position `i` is keyed by
-  (seed, stream, i) (stream: the process index for per-process shares, else 0), so any step can
-  be rebuilt without replaying the ones before it.
+  memory and every epoch shuffles all of it. The augmentation of the example at stream position
+  `i` is keyed by (seed, stream, i) (stream: the process index for per-process shares, else 0),
+  so any step can be rebuilt without replaying the ones before it.
 - Evaluation is finite, sees every example of the split exactly once across all processes, and
   pads with masked zeros so every process yields the same number of equally shaped batches.
 """

@@ -48,7 +48,7 @@ class DataSpec:
     skip_bad_images: bool = False
     crop_min_area: float = 0.08
     shuffle_buffer: int = 16_384
-    cache: bool = False
+    cache: bool = False  # keep the first read in memory; every epoch then shuffles all of it
     prefetch: int = 0  # batches; 0 lets tf.data tune it
 
     def __post_init__(self) -> None:
