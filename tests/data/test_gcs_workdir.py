@@ -1,4 +1,5 @@
-"""`train.py --workdir gs://...` end to end against a local GCS, then SIGTERM and resume there.
+"""gs:// against a local GCS: `train.py --workdir gs://...`, SIGTERM and resume there (slow), and
+an image folder in a bucket.
 
 TensorFlow (etils.epath's gs:// backend, tf.summary, the export), Orbax's folder handling and
 TensorStore's array files all talk to one emulator (see fake_gcs.py); nothing touches the disk
@@ -7,6 +8,7 @@ under a local "gs:" folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,10 +22,9 @@ import urllib.request
 
 import pytest
 
-from fake_gcs import fake_gcs
-
 pytest.importorskip("gcp_storage_emulator")
-pytestmark = pytest.mark.slow
+
+from fake_gcs import fake_gcs  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUCKET = "bucket"
@@ -78,6 +79,7 @@ def env(tmp_path) -> dict[str, str]:
         )
 
 
+@pytest.mark.slow
 def test_gs_workdir_survives_sigterm(env):
     process = start(env)
     deadline = time.monotonic() + TIMEOUT
@@ -127,7 +129,7 @@ def test_gs_image_folder_is_scanned_checked_and_read(tmp_path, monkeypatch):
         spec = data.DataSpec(dataset="folder", folder_train_dir=root, image_size=32, batch_size=4, folder_eval_fraction=0.25)
         with pytest.raises(ValueError, match=f"{root}/dog/cut.png: Invalid PNG"):
             data.get_dataset_info(spec)
-        spec = data.DataSpec(**{**spec.__dict__, "skip_bad_images": True})
+        spec = dataclasses.replace(spec, skip_bad_images=True)
         info = data.get_dataset_info(spec)
         assert (info.class_names, info.num_train_examples, info.num_eval_examples) == (("cat", "dog"), 6, 2)
         batch = next(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1))
