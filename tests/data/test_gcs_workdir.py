@@ -126,7 +126,9 @@ def test_gs_image_folder_is_scanned_checked_and_read(tmp_path, monkeypatch):
             for index in range(4):
                 tf.io.write_file(f"{root}/{label}/{index}.png", image)
         tf.io.write_file(f"{root}/dog/cut.png", image[:20])
-        spec = data.DataSpec(dataset="folder", folder_train_dir=root, image_size=32, batch_size=4, folder_eval_fraction=0.25)
+        spec = data.DataSpec(
+            dataset="folder", folder_train_dir=root, image_size=32, batch_size=4, folder_eval_fraction=0.25
+        )
         with pytest.raises(ValueError, match=f"{root}/dog/cut.png: Invalid PNG"):
             data.get_dataset_info(spec)
         spec = dataclasses.replace(spec, skip_bad_images=True)

@@ -165,7 +165,8 @@ def test_tfds_eval_split_is_the_one_the_dataset_has(tiny, sharded, train_only, c
     trained = np.concatenate([batch["label"] for batch in take(train_iterator(train_only), SHARDED_TRAIN // 16)])
     assert len(held_out) == SHARDED_TRAIN // 10 and not set(held_out) & set(trained)
     assert sorted([*held_out, *set(trained)]) == list(range(SHARDED_TRAIN))
-    with pytest.raises(ValueError, match="no 'validation' or 'test' split to evaluate train_split='train\\[:50%\\]' on"):
+    message = "no 'validation' or 'test' split to evaluate train_split='train\\[:50%\\]' on"
+    with pytest.raises(ValueError, match=message):
         data.get_dataset_info(dataclasses.replace(train_only, train_split="train[:50%]"))
 
 
