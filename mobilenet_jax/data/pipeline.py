@@ -179,5 +179,5 @@ def create_eval_iterator(spec: DataSpec, **kwargs: Any) -> Iterator[Batch]:
 
 
 def get_dataset_info(spec: DataSpec) -> DatasetInfo:
-    """Class count, split sizes and class names of the dataset of `spec`, without reading images."""
+    """Class count, split sizes and class names of the dataset of `spec` (opened as by `open_source`)."""
     return open_source(spec).info

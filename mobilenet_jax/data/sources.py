@@ -1,8 +1,9 @@
 """Datasets behind one protocol: TFDS by name, a folder of images, and the offline digits.
 
-`open_source(spec)` opens a dataset once (metadata and file lists, never images) and returns a
-`Source`: its `DatasetInfo`, how its images are augmented, and a function that hands each
-process its part of a split. The pipeline (`pipeline.py`) does the rest the same way for all.
+`open_source(spec)` opens a dataset once (metadata and file lists; an image folder also has each
+image decoded once, to refuse or skip the bad ones before training) and returns a `Source`: its
+`DatasetInfo`, how its images are augmented, and a function that hands each process its part
+of a split. The pipeline (`pipeline.py`) does the rest the same way for all.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import tqdm
 from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 from sklearn import utils as sklearn_utils
-import tqdm
 
 from mobilenet_jax.data.preprocess import EVAL_CROP_PADDING, keep_tensorflow_off_accelerators
 from mobilenet_jax.data.spec import HELD_OUT_PERCENT, DatasetInfo, DataSpec
@@ -72,7 +73,8 @@ class Source:
 
 
 def open_source(spec: DataSpec) -> Source:
-    """The dataset of `spec`, opened and checked (metadata and file lists only, no image is read)."""
+    """The dataset of `spec`, opened and checked (TFDS and digits: metadata only; folders: every
+    image decoded once)."""
     keep_tensorflow_off_accelerators()
     if spec.dataset == "digits":
         return _digits_source(spec.image_size)
