@@ -9,10 +9,12 @@ Every source goes through the same tf.data pipeline, so this is written once:
 - In-memory training data (digits, image folders): every process walks the same global stream
   and keeps its slice of each global batch (reading only those images), so global batches are
   the same for any process count: a run on 2 hosts x 2 devices sees what 1 host x 4 devices sees.
-- Training repeats forever. Epoch `e` is the stream's records shuffled with a seed drawn from
-  (seed, e), and the augmentation of the example at stream position `i` is keyed by
-  (seed, stream, i) (stream: the process index for per-process shares, else 0), so any step can
-  be rebuilt without replaying the ones before it.
+- Training repeats forever. Epoch `e` reads the files in an order seeded by (seed, e) and
+  shuffles the records with a second seed from (seed, e), so no two epochs share an order even
+  when the shuffle buffer is far smaller than an epoch. With `cache`, the first read is kept in
+  memory and every epoch shuffles all of it. The augmentation of the example at stream position
+  `i` is keyed by (seed, stream, i) (stream: the process index for per-process shares, else 0),
+  so any step can be rebuilt without replaying the ones before it.
 - Evaluation is finite, sees every example of the split exactly once across all processes, and
   pads with masked zeros so every process yields the same number of equally shaped batches.
 """
@@ -46,7 +48,7 @@ def train_batches(
     _check_process_index(process_index, process_count)
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
-    part = source.part(True, process_index, process_count, seed)
+    part = source.part(True, process_index, process_count)
     if part.count == 0:
         raise ValueError(
             f"process {process_index} of {process_count} got no training examples: the train "
@@ -81,7 +83,7 @@ def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_
     """
     local_batch = _local_batch_size(spec.eval_batch_size, process_count, "eval_batch_size")
     _check_process_index(process_index, process_count)
-    part = source.part(False, process_index, process_count, None)
+    part = source.part(False, process_index, process_count)
     size = spec.image_size
 
     def eval_example(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -101,7 +103,7 @@ def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_
             "mask": tf.constant(False),
         }
     ).repeat(num_batches * local_batch - part.count)
-    examples = part.records.map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = part.read(None).map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     batches = examples.concatenate(padding).batch(local_batch, drop_remainder=True)
     return _as_numpy(batches, spec.prefetch)
 
@@ -120,15 +122,21 @@ def _train_stream(
 
 
 def _epochs(part: Part, seed: int, start: int, cache: bool) -> tf.data.Dataset:
-    """Endless (global index, record) pairs, one freshly seeded shuffle per epoch, from `start`."""
-    records = part.records.cache() if cache else part.records
+    """Endless (global index, record) pairs, from `start`; epoch e's file order and shuffle are
+    seeded by (seed, e) alone."""
     first_epoch, offset = divmod(start, part.count)
+    # The cache holds the share in its stored file order: the shuffle must then cover all of it.
+    cached = part.read(None).cache() if cache else None
+    buffer = part.count if cache else part.shuffle_buffer
 
     def epoch(index: tf.Tensor) -> tf.data.Dataset:
-        epoch_seed = tf.random.stateless_uniform(
-            [], seed=tf.stack([tf.constant(seed, tf.int64), index]), minval=None, dtype=tf.int64
+        file_seed, shuffle_seed = tf.unstack(
+            tf.random.stateless_uniform(
+                [2], seed=tf.stack([tf.constant(seed, tf.int64), index]), minval=None, dtype=tf.int64
+            )
         )
-        return records.shuffle(part.shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+        records = part.read(file_seed) if cached is None else cached
+        return records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
 
     examples = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
     # Skipping before decoding keeps a resume cheap: skipped records are read, never decoded.
@@ -171,5 +179,5 @@ def create_eval_iterator(spec: DataSpec, **kwargs: Any) -> Iterator[Batch]:
 
 
 def get_dataset_info(spec: DataSpec) -> DatasetInfo:
-    """Class count, split sizes and class names of the dataset of `spec`, without reading images."""
+    """Class count, split sizes and class names of the dataset of `spec` (opened as by `open_source`)."""
     return open_source(spec).info

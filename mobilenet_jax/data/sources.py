@@ -1,28 +1,37 @@
 """Datasets behind one protocol: TFDS by name, a folder of images, and the offline digits.
 
-`open_source(spec)` opens a dataset once (metadata and file lists, never images) and returns a
-`Source`: its `DatasetInfo`, how its images are augmented, and a function that hands each
-process its part of a split. The pipeline (`pipeline.py`) does the rest the same way for all.
+`open_source(spec)` opens a dataset once (metadata and file lists; an image folder also has each
+image decoded once, to refuse or skip the bad ones before training) and returns a `Source`: its
+`DatasetInfo`, how its images are augmented, and a function that hands each process its part
+of a split. The pipeline (`pipeline.py`) does the rest the same way for all.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
-import pathlib
+import logging
+import re
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+import tqdm
 from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 from sklearn import utils as sklearn_utils
 
 from mobilenet_jax.data.preprocess import EVAL_CROP_PADDING, keep_tensorflow_off_accelerators
-from mobilenet_jax.data.spec import DatasetInfo, DataSpec
+from mobilenet_jax.data.spec import HELD_OUT_PERCENT, DatasetInfo, DataSpec
+from mobilenet_jax.paths import to_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+CHECK_THREADS = 16  # decoding releases the GIL; reading gs:// is mostly waiting
+CHECK_PROGRESS_MIN = 1000  # images: smaller folders are checked without a progress bar
+# "{{function_node ...}} Invalid PNG data, size 46 [Op:DecodeImage]" -> "Invalid PNG data, size 46"
+_TF_ERROR_DECORATION = re.compile(r"\{\{.*?\}\}|\[Op:\w+\]")
 # Held-out splits use their own fixed seed so the test set never moves with the training seed.
 SPLIT_SEED = 0
 DIGITS_NUM_TEST = 360
@@ -43,7 +52,9 @@ class Augment:
 class Part:
     """One process's share of a split, before shuffling and preprocessing."""
 
-    records: tf.data.Dataset  # {"image", "label": int32} in a fixed order
+    # file seed -> {"image", "label": int32} records. A seed (an int64 tensor) picks the order in
+    # which files are read; None reads them in their stored order. In-memory items ignore it.
+    read: Callable[[tf.Tensor | None], tf.data.Dataset]
     count: int  # examples in this process's share
     max_count: int  # examples in the largest share of any process
     load: Callable[[tf.Tensor], tf.Tensor]  # record image -> encoded bytes or an HWC tensor
@@ -58,11 +69,12 @@ class Source:
 
     info: DatasetInfo
     augment: Augment
-    part: Callable[..., Part]  # (train, process_index, process_count, seed) -> Part
+    part: Callable[..., Part]  # (train, process_index, process_count) -> Part
 
 
 def open_source(spec: DataSpec) -> Source:
-    """The dataset of `spec`, opened and checked (metadata and file lists only, no image is read)."""
+    """The dataset of `spec`, opened and checked (TFDS and digits: metadata only; folders: every
+    image decoded once)."""
     keep_tensorflow_off_accelerators()
     if spec.dataset == "digits":
         return _digits_source(spec.image_size)
@@ -73,7 +85,7 @@ def open_source(spec: DataSpec) -> Source:
 
 def _tfds_source(spec: DataSpec) -> Source:
     """A TFDS image-classification dataset, read undecoded so decoding can fuse with the crop."""
-    builder = _tfds_builder(spec.dataset, spec.data_dir)
+    builder = _tfds_builder(spec.dataset, None if spec.data_dir is None else str(to_path(spec.data_dir)))
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if not isinstance(builder.info.features[image_key], tfds.features.Image):
         raise ValueError(
@@ -81,7 +93,7 @@ def _tfds_source(spec: DataSpec) -> Source:
             "use an image-classification dataset"
         )
     labels = builder.info.features[label_key]
-    train_split, eval_split = spec.train_split, spec.eval_split
+    train_split, eval_split = _tfds_splits(builder, spec.train_split, spec.eval_split)
     info = DatasetInfo(
         num_classes=labels.num_classes,
         num_train_examples=_tfds_split_size(builder, train_split),
@@ -90,19 +102,24 @@ def _tfds_source(spec: DataSpec) -> Source:
         eval_split=eval_split,
     )
 
-    def part(train: bool, process_index: int, process_count: int, seed: int | None) -> Part:
+    def part(train: bool, process_index: int, process_count: int) -> Part:
         shares = tfds.even_splits(train_split if train else eval_split, process_count)
         counts = [builder.info.splits[share].num_examples for share in shares]
-        dataset = builder.as_dataset(
-            split=shares[process_index],
-            decoders={image_key: tfds.decode.SkipDecoding()},
-            shuffle_files=train,
-            read_config=tfds.ReadConfig(shuffle_seed=seed, shuffle_reshuffle_each_iteration=False),
-        )
-        records = dataset.map(
-            lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)}
-        )
-        return Part(records, counts[process_index], max(counts), tf.identity, spec.shuffle_buffer)
+
+        def read(file_seed: tf.Tensor | None) -> tf.data.Dataset:
+            dataset = builder.as_dataset(
+                split=shares[process_index],
+                decoders={image_key: tfds.decode.SkipDecoding()},
+                shuffle_files=file_seed is not None,
+                # The seed is a tensor: each epoch builds its own reader with its own file order.
+                # TFDS's in-memory autocache would then be filled and dropped once per epoch.
+                read_config=tfds.ReadConfig(
+                    shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False, try_autocache=False
+                ),
+            )
+            return dataset.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)})
+
+        return Part(read, counts[process_index], max(counts), tf.identity, spec.shuffle_buffer)
 
     return Source(info, _imagenet_augment(spec), part)
 
@@ -123,6 +140,30 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
             "<data_dir>/downloads/manual) and point config.data_dir at that folder"
         )
     return builder
+
+
+def _tfds_splits(builder: tfds.core.DatasetBuilder, train_split: str, eval_split: str | None) -> tuple[str, str]:
+    """(train, eval) split strings; eval_split=None picks "validation", else "test", else a
+    held-out slice of "train" that training then does not see, and says which."""
+    if eval_split is not None:
+        return train_split, eval_split
+    for name in ("validation", "test"):
+        if name in builder.info.splits:
+            if name != "validation":
+                logging.warning("%s has no 'validation' split: evaluating on %r", builder.name, name)
+            return train_split, name
+    if train_split != "train":
+        raise ValueError(
+            f"{builder.name} has no 'validation' or 'test' split to evaluate train_split={train_split!r} "
+            f"on; set config.eval_split to one of {sorted(builder.info.splits)} or a slice of them"
+        )
+    cut = 100 - HELD_OUT_PERCENT
+    logging.warning(
+        "%s has no 'validation' or 'test' split: evaluating on train[%d%%:], which training does not see",
+        builder.name,
+        cut,
+    )
+    return f"train[:{cut}%]", f"train[{cut}%:]"
 
 
 def _tfds_split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
@@ -167,9 +208,10 @@ def _upsample_gray(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def _folder_source(spec: DataSpec) -> Source:
-    """`root/<class>/*.jpg|jpeg|png`, classes numbered in sorted folder-name order."""
+    """`root/<class>/*.jpg|jpeg|png`, classes numbered in sorted folder-name order, every image
+    checked to decode before training starts (see `_check_images`)."""
     train_dir = spec.folder_train_dir
-    class_names, paths, labels = _scan_folder(train_dir, "folder_train_dir")
+    class_names, paths, labels = _scan_folder(train_dir, "folder_train_dir", spec.skip_bad_images)
     eval_dir = spec.folder_eval_dir
     if eval_dir is None:
         fraction = spec.folder_eval_fraction
@@ -181,7 +223,7 @@ def _folder_source(spec: DataSpec) -> Source:
                 f"({error}); add images or set folder_eval_dir"
             ) from error
     else:
-        eval_names, eval_paths, eval_labels = _scan_folder(eval_dir, "folder_eval_dir")
+        eval_names, eval_paths, eval_labels = _scan_folder(eval_dir, "folder_eval_dir", spec.skip_bad_images)
         if eval_names != class_names:
             raise ValueError(
                 f"folder_eval_dir classes {eval_names} differ from folder_train_dir classes "
@@ -200,27 +242,72 @@ def _folder_source(spec: DataSpec) -> Source:
     return Source(info, _imagenet_augment(spec), part)
 
 
-def _scan_folder(root: str | None, field: str) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """(class names, image paths, int32 labels) of a class-per-sub-folder image folder."""
-    if root is None or not pathlib.Path(root).is_dir():
+def _scan_folder(root: str | None, field: str, skip_bad: bool) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """(class names, image paths, int32 labels) of a class-per-sub-folder image folder, local or
+    gs://, with every image checked by `_check_images`."""
+    if root is None or not to_path(root).is_dir():
         raise ValueError(f"{field}={root!r} is not a folder; set config.{field} to an image folder")
-    class_dirs = sorted(path for path in pathlib.Path(root).iterdir() if path.is_dir())
-    if not class_dirs:
-        raise ValueError(f"{field}={root!r} has no class sub-folders; put images in root/<class>/")
+    class_dirs = sorted((path for path in to_path(root).iterdir() if path.is_dir()), key=lambda path: path.name)
+    if len(class_dirs) < 2:
+        raise ValueError(
+            f"{field}={root!r} has {len(class_dirs)} class sub-folders, a classifier needs at least 2; "
+            "put each class's images in root/<class>/"
+        )
+    images = {
+        class_dir: sorted(str(path) for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+        for class_dir in class_dirs
+    }
+    bad = _check_images([path for paths in images.values() for path in paths], field, skip_bad)
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
-        images = sorted(
-            str(path) for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not images:
+        good = [path for path in images[class_dir] if path not in bad]
+        if not good:
             raise ValueError(
-                f"class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images; "
+                f"class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images that decode; "
                 "add images or remove the folder"
             )
-        paths += images
-        labels += [label] * len(images)
+        paths += good
+        labels += [label] * len(good)
     class_names = tuple(class_dir.name for class_dir in class_dirs)
     return class_names, np.array(paths), np.array(labels, np.int32)
+
+
+def _check_images(paths: list[str], field: str, skip_bad: bool) -> dict[str, str]:
+    """{path: problem} of the images that do not decode in full, read in parallel.
+
+    Decoding goes by content, as in training: a PNG named .jpg is fine; an empty, truncated or
+    corrupt file, or one that is no image at all, is bad. Bad images raise a ValueError naming
+    every one, or with `skip_bad` are logged and returned, for the caller to leave out.
+    """
+    with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
+        problems = pool.map(_image_problem, paths)
+        progress = tqdm.tqdm(
+            problems, total=len(paths), desc=f"checking {field} images", unit="image",
+            disable=len(paths) < CHECK_PROGRESS_MIN,
+        )
+        bad = {path: problem for path, problem in zip(paths, progress) if problem}
+    if bad:
+        listing = "; ".join(f"{path}: {problem}" for path, problem in bad.items())
+        if not skip_bad:
+            raise ValueError(
+                f"{field} has {len(bad)} images that do not decode ({listing}); remove or fix them, "
+                "or set config.skip_bad_images=True to train without them"
+            )
+        logging.warning("%s: leaving out %d images that do not decode: %s", field, len(bad), listing)
+    return bad
+
+
+def _image_problem(path: str) -> str | None:
+    """Why the image file at `path` does not decode in full, or None when it does."""
+    try:
+        contents = to_path(path).read_bytes()
+        if not contents:
+            return "empty file"
+        tf.io.decode_image(contents, channels=3, expand_animations=False)
+    except (OSError, tf.errors.OpError) as error:
+        message = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        return _TF_ERROR_DECORATION.sub("", message).strip().splitlines()[0]
+    return None
 
 
 def _held_out(
@@ -240,25 +327,25 @@ def _array_part(
     is_train: bool,
     process_index: int,
     process_count: int,
-    seed: int | None,
 ) -> Part:
     """All in-memory training items (see `Part.whole`), or this process's contiguous even share
-    of the evaluation items."""
-    del seed  # In-memory items have no file order to shuffle.
+    of the evaluation items. Each training epoch shuffles all of them: no file order to seed."""
     if is_train:
         items, labels = train
         count = len(labels)
-        records = tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
-        return Part(records, count, count, load, shuffle_buffer=max(count, 1), whole=True)
+        return Part(_in_memory(items, labels), count, count, load, shuffle_buffer=max(count, 1), whole=True)
     items, labels = test
     bounds = [_even_share(len(labels), index, process_count) for index in range(process_count)]
     start, stop = bounds[process_index]
-    records = tf.data.Dataset.from_tensor_slices(
-        {"image": items[start:stop], "label": labels[start:stop]}
-    )
     count = stop - start
     max_count = max(end - begin for begin, end in bounds)
-    return Part(records, count, max_count, load, shuffle_buffer=max(count, 1))
+    read = _in_memory(items[start:stop], labels[start:stop])
+    return Part(read, count, max_count, load, shuffle_buffer=max(count, 1))
+
+
+def _in_memory(items: np.ndarray, labels: np.ndarray) -> Callable[[tf.Tensor | None], tf.data.Dataset]:
+    """`Part.read` of in-memory items, which have no file order."""
+    return lambda file_seed: tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
 
 
 def _even_share(n: int, index: int, count: int) -> tuple[int, int]:

@@ -17,6 +17,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 MIN_IMAGE_SIZE = 32
 BUILTIN_DATASETS = ("digits", "folder")  # any other name is a TFDS dataset
+HELD_OUT_PERCENT = 10  # of a TFDS "train" split, evaluated on when the dataset has no eval split
 
 
 def check_normalization(name: str) -> str:
@@ -37,13 +38,17 @@ class DataSpec:
     normalization: str = "imagenet"
     data_dir: str | None = None  # TFDS data folder
     train_split: str = "train"
-    eval_split: str = "validation"
+    # None: the dataset's "validation" split, else "test", else the last HELD_OUT_PERCENT of
+    # "train" (which training then does not see).
+    eval_split: str | None = None
     folder_train_dir: str | None = None
     folder_eval_dir: str | None = None
     folder_eval_fraction: float = 0.1  # held out of folder_train_dir when no folder_eval_dir
+    # Folder images that do not decode: False refuses the folder naming them, True leaves them out.
+    skip_bad_images: bool = False
     crop_min_area: float = 0.08
     shuffle_buffer: int = 16_384
-    cache: bool = False
+    cache: bool = False  # keep the first read in memory; every epoch then shuffles all of it
     prefetch: int = 0  # batches; 0 lets tf.data tune it
 
     def __post_init__(self) -> None:
@@ -60,6 +65,10 @@ class DataSpec:
             raise ValueError(f"prefetch must be >= 0 (0: tuned by tf.data), got {self.prefetch}")
         if not 0 < self.crop_min_area <= 1:
             raise ValueError(f"crop_min_area must be in (0, 1], got {self.crop_min_area}")
+        if self.skip_bad_images and self.dataset != "folder":
+            raise ValueError(
+                f"skip_bad_images=True applies to dataset='folder' only, got dataset={self.dataset!r}; unset it"
+            )
         if not 0 < self.folder_eval_fraction < 1:
             raise ValueError(
                 f"folder_eval_fraction must be in (0, 1), got {self.folder_eval_fraction}; or set folder_eval_dir"

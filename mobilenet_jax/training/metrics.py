@@ -7,6 +7,7 @@ framework), which also writes to gs:// workdirs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Mapping
 
@@ -39,7 +40,9 @@ class MetricWriter:
         keep_tensorflow_off_accelerators()
         workdir = to_path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = (workdir / METRICS_FILE).open("a")
+        # epath opens gs:// files as context managers only: the stack holds the file open.
+        self._files = contextlib.ExitStack()
+        self._jsonl = self._files.enter_context((workdir / METRICS_FILE).open("a"))
         self._tensorboard = tf.summary.create_file_writer(str(workdir / TENSORBOARD_DIR))
         self._scalar = tf.summary.scalar
         self._progress = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
@@ -68,7 +71,7 @@ class MetricWriter:
         if self.enabled:
             self._progress.close()
             self._tensorboard.close()
-            self._jsonl.close()
+            self._files.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 MOCK_EXAMPLES = 10  # mock_data yields this many examples for every split
 TINY_TRAIN, TINY_EVAL = 12, 11
+SHARDED_TRAIN, SHARDED_FILES = 320, 64  # TinySharded: 5 examples a file
 
 
 def make_spec(**overrides) -> data.DataSpec:
@@ -32,6 +33,11 @@ def make_spec(**overrides) -> data.DataSpec:
 def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
     """The next `count` batches of an iterator."""
     return [next(iterator) for _ in range(count)]
+
+
+def train_iterator(spec: data.DataSpec, seed: int = 0, start_step: int = 0):
+    """The single-process training iterator of `spec`."""
+    return data.create_train_iterator(spec, seed=seed, process_index=0, process_count=1, start_step=start_step)
 
 
 def eval_pass(config, process_index: int = 0, process_count: int = 1):
@@ -59,3 +65,9 @@ def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """A smooth random uint8 RGB image (so JPEG keeps it close)."""
     noise = np.random.default_rng(seed).random((height // 8, width // 8, 3), np.float32) * 255
     return tf.cast(tf.image.resize(noise, [height, width]), tf.uint8).numpy()
+
+
+def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman correlation of the positions of the same items in two orders of them."""
+    positions = [np.argsort(order) for order in (first, second)]  # item -> position: ranks already
+    return float(np.corrcoef(*positions)[0, 1])

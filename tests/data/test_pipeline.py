@@ -14,14 +14,18 @@ from data_helpers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MOCK_EXAMPLES,
+    SHARDED_FILES,
+    SHARDED_TRAIN,
     SIZE,
     TINY_EVAL,
     TINY_TRAIN,
     assert_same_batches,
     eval_pass,
     make_spec,
+    rank_correlation,
     real_labels,
     take,
+    train_iterator,
 )
 from mobilenet_jax import data
 
@@ -133,7 +137,7 @@ def test_start_step_resumes_exactly(imagenet):
     assert_same_batches(take(resumed, 3), expected)
 
 
-def test_cache_keeps_the_stream(imagenet):
+def test_cache_keeps_the_stream_when_the_buffer_holds_the_share(imagenet):
     def batches(cache: bool) -> list[dict[str, np.ndarray]]:
         spec = dataclasses.replace(imagenet, cache=cache)
         iterator = data.create_train_iterator(spec, seed=2, process_index=0, process_count=1)
@@ -157,3 +161,24 @@ def test_tfds_train_processes_read_disjoint_shares(tiny):
         iterator = data.create_train_iterator(tiny, seed=0, process_index=index, process_count=2)
         epochs.append(np.concatenate([batch["label"] for batch in take(iterator, 3)]))
     assert sorted(np.concatenate(epochs)) == list(range(TINY_TRAIN))
+
+
+def train_labels(spec: data.DataSpec, steps: int, start_step: int = 0) -> np.ndarray:
+    """Labels of `steps` training batches from `start_step`."""
+    return np.concatenate([batch["label"] for batch in take(train_iterator(spec, start_step=start_step), steps)])
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_tfds_epochs_read_files_in_their_own_order(sharded, cache):
+    spec = dataclasses.replace(sharded, cache=cache)  # cached: every epoch shuffles the whole share
+    assert tfds.builder("tiny_sharded", data_dir=spec.data_dir).info.splits["train"].num_shards == SHARDED_FILES
+    epoch = SHARDED_TRAIN // spec.batch_size
+    labels = train_labels(spec, 3 * epoch)
+    epochs = labels.reshape(3, SHARDED_TRAIN)
+    assert all(sorted(order) == list(range(SHARDED_TRAIN)) for order in epochs)
+    # A fixed file order keeps each file in its place, and each example near its place.
+    correlations = [rank_correlation(epochs[0], epochs[1]), rank_correlation(epochs[1], epochs[2])]
+    assert max(abs(value) for value in correlations) < 0.3, correlations
+    # Every epoch is a function of (seed, epoch): resuming inside epoch 1 rebuilds the stream exactly.
+    resumed = train_labels(spec, epoch, start_step=epoch + 3)
+    np.testing.assert_array_equal(resumed, labels[(epoch + 3) * spec.batch_size :][: epoch * spec.batch_size])

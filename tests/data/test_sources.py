@@ -11,11 +11,14 @@ import tensorflow as tf
 from data_helpers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    SHARDED_FILES,
+    SHARDED_TRAIN,
     SIZE,
     eval_pass,
     make_spec,
     real_labels,
     take,
+    train_iterator,
 )
 from mobilenet_jax import data
 
@@ -147,3 +150,76 @@ def test_bad_tfds_fields_raise(tiny):
         data.get_dataset_info(dataclasses.replace(tiny, eval_split="test"))
     with pytest.raises(ValueError, match="crop_min_area must be in \\(0, 1\\], got 0.0"):
         data.get_dataset_info(dataclasses.replace(tiny, crop_min_area=0.0))
+
+
+def test_tfds_eval_split_is_the_one_the_dataset_has(tiny, sharded, train_only, caplog):
+    assert data.get_dataset_info(tiny).eval_split == "validation"
+    assert "evaluating on" not in caplog.text
+    info = data.get_dataset_info(sharded)
+    assert (info.eval_split, info.num_train_examples, info.num_eval_examples) == ("test", SHARDED_TRAIN, SHARDED_FILES)
+    assert "tiny_sharded has no 'validation' split: evaluating on 'test'" in caplog.text
+    info = data.get_dataset_info(train_only)
+    assert info.eval_split == "train[90%:]" and "evaluating on train[90%:], which training" in caplog.text
+    assert (info.num_train_examples, info.num_eval_examples) == (SHARDED_TRAIN * 9 // 10, SHARDED_TRAIN // 10)
+    held_out = real_labels(eval_pass(train_only))
+    trained = np.concatenate([batch["label"] for batch in take(train_iterator(train_only), SHARDED_TRAIN // 16)])
+    assert len(held_out) == SHARDED_TRAIN // 10 and not set(held_out) & set(trained)
+    assert sorted([*held_out, *set(trained)]) == list(range(SHARDED_TRAIN))
+    message = "no 'validation' or 'test' split to evaluate train_split='train\\[:50%\\]' on"
+    with pytest.raises(ValueError, match=message):
+        data.get_dataset_info(dataclasses.replace(train_only, train_split="train[:50%]"))
+
+
+def spoil_folder(root) -> dict[str, str]:
+    """Bad files in a write_folder tree, and a PNG named .jpg that is fine: {name: why it is bad}."""
+    png = (root / "cat" / "0.png").read_bytes()  # write_folder's cats are PNGs, its dogs JPEGs
+    dog = (root / "dog" / "0.jpg").read_bytes()
+    (root / "cat" / "png_named.jpg").write_bytes(png)
+    (root / "cat" / "cut.png").write_bytes(png[: len(png) // 2])
+    (root / "dog" / "cut.jpg").write_bytes(dog[: len(dog) // 2])
+    (root / "dog" / "empty.jpg").write_bytes(b"")
+    (root / "emu" / "notes.jpeg").write_text("not an image")
+    return {
+        "cut.png": "Invalid PNG data",
+        "cut.jpg": "jpeg::Uncompress failed",
+        "empty.jpg": "empty file",
+        "notes.jpeg": "Unknown image file format",
+    }
+
+
+def test_folder_check_names_every_bad_image(tmp_path):
+    root = write_folder(tmp_path / "train")
+    bad = spoil_folder(tmp_path / "train")
+    spec = make_spec(dataset="folder", folder_train_dir=root)
+    with pytest.raises(ValueError, match="folder_train_dir has 4 images that do not decode") as error:
+        data.get_dataset_info(spec)
+    message = str(error.value)
+    assert "\n" not in message and "png_named" not in message and "skip_bad_images=True" in message
+    assert all(f"{tmp_path / 'train'}/" in message and f"/{name}: {why}" in message for name, why in bad.items())
+
+
+def test_folder_skip_bad_images_leaves_them_out(tmp_path, caplog):
+    root = write_folder(tmp_path / "train")
+    bad = spoil_folder(tmp_path / "train")
+    spec = make_spec(dataset="folder", folder_train_dir=root, skip_bad_images=True)
+    info = data.get_dataset_info(spec)
+    assert (info.num_train_examples, info.num_eval_examples) == (9, 4)  # 12 + png_named.jpg
+    assert "leaving out 4 images that do not decode" in caplog.text
+    assert all(name in caplog.text for name in bad)
+    batches = take(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1), 3)
+    for batch in batches:  # every image is its class's colour: no bad file was read
+        np.testing.assert_array_equal(colour_labels(batch), batch["label"])
+
+
+def test_folder_refusals(tmp_path):
+    with pytest.raises(ValueError, match="skip_bad_images=True applies to dataset='folder' only"):
+        make_spec(skip_bad_images=True)
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="has 1 class sub-folders, a classifier needs at least 2"):
+        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=str(tmp_path / "one")))
+    root = write_folder(tmp_path / "train")
+    for path in (tmp_path / "train" / "emu").iterdir():
+        path.write_bytes(b"\x89PNG\r\n\x1a\n")
+    spec = make_spec(dataset="folder", folder_train_dir=root, skip_bad_images=True)
+    with pytest.raises(ValueError, match="class folder .*emu.* has no .* images that decode"):
+        data.get_dataset_info(spec)
