@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import traverse_util
 
 from configs import default, finetune
 from mobilenet_jax.interop.preprocessing import TF_SLIM
@@ -22,10 +23,16 @@ SLIM_FIELDS = dict(alpha=0.25, activation="relu6", padding="same", bn_epsilon=1e
 
 
 def random_variables(model: MobileNetV1, seed: int) -> dict:
-    """`model`'s variables, random (shapes from `jax.eval_shape`: nothing is compiled)."""
+    """`model`'s variables at random, variances and scales positive (shapes from `jax.eval_shape`:
+    nothing is compiled)."""
     shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3)))
     rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda x: rng.normal(0.3, 0.1, x.shape).astype(np.float32), dict(shapes))
+
+    def draw(path: tuple[str, ...], x: jax.ShapeDtypeStruct) -> np.ndarray:
+        positive = path[-1] in ("var", "scale")
+        return (rng.uniform(0.5, 1.5, x.shape) if positive else rng.normal(0, 0.1, x.shape)).astype(np.float32)
+
+    return traverse_util.path_aware_map(draw, dict(shapes))
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +145,8 @@ def fresh_state(model: MobileNetV1, tx: optax.GradientTransformation, ema_decay:
 
 def random_grads(params, index: int):
     """Standard normal gradients shaped as `params`, the same for the same `index`."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(index), len(leaves))
-    return jax.tree.unflatten(tree, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+    rng = np.random.default_rng(index)
+    return jax.tree.map(lambda x: rng.standard_normal(x.shape).astype(np.float32), params)
 
 
 def run_updates(tx: optax.GradientTransformation, steps: int) -> list:
@@ -149,12 +155,12 @@ def run_updates(tx: optax.GradientTransformation, steps: int) -> list:
     state, history = tx.init(params), [params]
 
     @jax.jit
-    def update(params, state, index):
-        updates, state = tx.update(random_grads(params, index), state, params)
+    def update(params, state, grads):
+        updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
     for index in range(steps):
-        params, state = update(params, state, index)
+        params, state = update(params, state, random_grads(params, index))
         history.append(params)
     return history
 
