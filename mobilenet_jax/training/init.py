@@ -23,11 +23,11 @@ from mobilenet_jax import weights
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop import pretrained
 from mobilenet_jax.interop.preprocessing import Preprocessing
+from mobilenet_jax.training.checkpoint import CONFIG_FILE
 from mobilenet_jax.training.optim import CLASSIFIER
 from mobilenet_jax.training.state import TrainState
 
 EXPORT_FILE = "mobilenet_v1.msgpack"  # what a finished run writes into its workdir
-CONFIG_FILE = "config.json"  # the resolved config a run records in its workdir
 # MobileNetV1 fields that decide what the weights compute: fine-tuning takes them from the weights.
 ARCHITECTURE_FIELDS = ("alpha", "min_depth", "activation", "padding", "bn_epsilon")
 

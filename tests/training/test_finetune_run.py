@@ -117,6 +117,6 @@ def test_fine_tuning_beats_scratch_at_equal_steps(folders, env, pretrained, tmp_
         results[seed] = (tuned["eval_accuracy"], scratch["eval_accuracy"])
     print("fine-tuned vs scratch test accuracy by seed:", results)
     recorded = json.loads((tmp_path / "tuned0" / "config.json").read_text())
-    assert (recorded["normalization"], recorded["model"]["alpha"]) == ("inception", 0.25)  # the weights'
+    assert (recorded["normalization"], recorded["model.alpha"]) == ("inception", 0.25)  # the weights'
     for seed, (tuned, scratch) in results.items():
         assert tuned >= scratch + MARGIN, (seed, results)
