@@ -27,10 +27,11 @@ IMAGES_PER_NEW_CLASS = 10
 FINETUNE_STEPS = 30
 SEEDS = (0, 1)
 TIMEOUT = 600
-# Over seeds 0 and 1 fine-tuning reached 41 % and 43 % test accuracy, scratch 25 % and 24 % (chance
-# on 4 classes is 25 %); the 144 test images put one image at 0.7 %. 10 points is below the
-# smallest gap measured and far above what seed noise moved either side.
-MARGIN = 0.10
+# Measured with this test: fine-tuned 42.7 % and 37.1 % test accuracy with seeds 0 and 1, scratch
+# 25.2 % and 24.5 %, i.e. chance on 4 classes (the same runs on 8 simulated devices: 41.3 / 42.7 %
+# against 25.2 / 24.5 %). Scratch cannot leave chance in 30 steps; 8 points (11 of the 143 test
+# images) keeps 4.6 points below the smallest gap measured, 12.6.
+MARGIN = 0.08
 
 
 def write_folder(root: pathlib.Path, images: np.ndarray, labels: np.ndarray, classes: range, per_class: int | None):
