@@ -57,7 +57,9 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.folder_eval_fraction = 0.1  # held out of folder_train_dir when no folder_eval_dir
     config.skip_bad_images = False  # folder images that do not decode: False refuses the folder, True skips them
     config.image_size = 224
-    config.normalization = "imagenet"  # ImageNet mean/std, the PyTorch reference's convention
+    # "imagenet" (mean/std, the PyTorch reference's), "inception" or "half" ([-1, 1]); None: the
+    # init_from weights' convention, else "imagenet".
+    config.normalization = config_dict.placeholder(str)
     config.crop_min_area = 0.08
     config.shuffle_buffer = 16_384
     config.cache = False
@@ -110,6 +112,17 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     # Exponential moving average of the parameters, kept by the train step and used for
     # evaluation; 0 disables it.
     config.ema_decay = 0.9999
+
+    # Fine-tuning (README "Fine-tune"): start from pretrained weights (a registered name, a
+    # converted or exported model file, or a finished run's workdir); the classifier is
+    # re-initialised when the class count differs. trainable: a regex over "/"-joined parameter
+    # paths (e.g. "classifier/.*"); the others never move. freeze_batch_stats: BatchNorm in
+    # inference mode (running statistics used and kept as loaded; dropout off).
+    config.init_from = config_dict.placeholder(str)
+    config.trainable = ""
+    config.freeze_backbone_steps = 0  # train only the classifier for this many steps
+    config.backbone_lr_multiplier = 1.0
+    config.freeze_batch_stats = False
 
     # Fields of mobilenet_jax.MobileNetV1; num_classes comes from the dataset.
     config.model = ml_collections.ConfigDict(

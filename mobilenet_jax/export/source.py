@@ -10,10 +10,9 @@ import dataclasses
 import json
 from typing import Any, Mapping
 
-import numpy as np
 
 from mobilenet_jax import weights
-from mobilenet_jax.data.spec import NORMALIZATIONS
+from mobilenet_jax.interop.preprocessing import normalization_of
 from mobilenet_jax.interop.pretrained import load_pretrained
 from mobilenet_jax.model import MIN_INPUT_SIZE, MobileNetV1
 from mobilenet_jax.paths import to_path
@@ -77,18 +76,7 @@ def _run_settings(workdir: str) -> dict[str, Any]:
 def _pretrained(name: str) -> tuple[MobileNetV1, Mapping[str, Any], dict[str, Any]]:
     """Model, variables and settings from the registry's (model, variables, preprocessing)."""
     model, variables, preprocessing = load_pretrained(name)
-    return model, variables, {"image_size": preprocessing.size, "normalization": _normalization(preprocessing)}
-
-
-def _normalization(preprocessing: Any) -> str:
-    """The data pipeline's name for a preprocessing's (mean, std) on the 0..1 scale."""
-    for name, (mean, std) in NORMALIZATIONS.items():
-        if np.allclose(preprocessing.mean, np.divide(mean, 255)) and np.allclose(preprocessing.std, np.divide(std, 255)):
-            return name
-    raise ValueError(
-        f"pretrained mean {preprocessing.mean} / std {preprocessing.std} match no normalisation of the data "
-        f"pipeline ({sorted(NORMALIZATIONS)}); pass normalization explicitly"
-    )
+    return model, variables, {"image_size": preprocessing.size, "normalization": normalization_of(preprocessing)}
 
 
 def check_kind(format_name: str, kind: str, kinds: tuple[str, ...], calibration: Any) -> None:

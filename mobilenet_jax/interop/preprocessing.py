@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import numpy as np
+from mobilenet_jax.data.spec import NORMALIZATIONS
 
 RESIZE_MODES = ("crop_then_resize", "resize_then_crop")
 INTERPOLATIONS = ("bilinear", "bicubic")
@@ -70,3 +71,14 @@ class Preprocessing:
 
 TF_SLIM = Preprocessing(interpolation="bilinear", resize="crop_then_resize")
 TIMM = Preprocessing(interpolation="bicubic", resize="resize_then_crop")
+
+
+def normalization_of(preprocessing: Preprocessing) -> str:
+    """The data pipeline's name for the mean and std of `preprocessing` (on the 0..1 scale)."""
+    for name, (mean, std) in NORMALIZATIONS.items():
+        if np.allclose(np.array(mean) / 255, preprocessing.mean) and np.allclose(np.array(std) / 255, preprocessing.std):
+            return name
+    raise ValueError(
+        f"the weights' normalisation (mean {preprocessing.mean}, std {preprocessing.std}) is none of "
+        f"{sorted(NORMALIZATIONS)}; set it explicitly (--config.normalization for train.py, --normalization for the export command)"
+    )

@@ -23,7 +23,7 @@ CONFIG_FILE = "config.json"
 # Fields that change the state's structure or meaning: a checkpoint cannot continue under others.
 STATE_DEFINING_FIELDS = (
     "dataset", "model.alpha", "model.min_depth", "optimizer", "ema_decay", "weight_decay_depthwise",
-    "nesterov", "grad_clip_norm", "half_precision",
+    "nesterov", "grad_clip_norm", "half_precision", "trainable", "freeze_backbone_steps", "backbone_lr_multiplier",
 )
 
 

@@ -16,6 +16,7 @@ import ml_collections
 
 from mobilenet_jax import model as model_lib
 from mobilenet_jax.data.spec import DataSpec
+from mobilenet_jax.training import init as init_lib
 from mobilenet_jax.training.mesh import PARALLELISMS
 from mobilenet_jax.training.optim import OptimizerSpec, check_choice
 from mobilenet_jax.training.step import StepOptions
@@ -24,7 +25,7 @@ from mobilenet_jax.training.step import StepOptions
 # what half_precision and sync_batch_stats decide.
 _MODEL_FIELDS_SET_ELSEWHERE = frozenset({"parent", "name", "num_classes", "dtype", "bn_axis_name"})
 # Top-level fields that no spec holds: they are turned into other fields here.
-_GATE_FIELDS = ("variant", "half_precision", "model")
+_GATE_FIELDS = ("variant", "half_precision", "model", "init_from")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Experiment:
     optimizer: OptimizerSpec
     step: StepOptions
     loop: LoopSpec
+    initial: init_lib.Initial | None = None  # the weights of config.init_from, loaded once
 
     def create_model(self, num_classes: int) -> model_lib.MobileNetV1:
         """The MobileNetV1 of this experiment for `num_classes` classes."""
@@ -82,6 +84,8 @@ def resolve(config: ml_collections.ConfigDict) -> Experiment:
         variant = model_lib.get_variant(config.variant)
         config.model.alpha = variant.alpha
         config.image_size = variant.resolution
+    initial = init_lib.load_initial(config.init_from) if config.get("init_from") else None
+    _adopt_weights(config, initial)
     specs = (DataSpec, OptimizerSpec, StepOptions, LoopSpec)
     known = {name for spec in specs for name in _field_names(spec)} | set(_GATE_FIELDS)
     unknown = sorted(set(config) - known)
@@ -89,7 +93,36 @@ def resolve(config: ml_collections.ConfigDict) -> Experiment:
         raise ValueError(f"config has unknown fields {unknown}; remove them (known fields: {sorted(known)})")
     config.lock()
     data, optimizer, step, loop = (spec(**{name: config[name] for name in _field_names(spec)}) for spec in specs)
-    return Experiment(config, _model_fields(config), data, optimizer, step, loop)
+    if step.freeze_batch_stats and config.model.get("dropout_rate"):
+        raise ValueError(
+            f"freeze_batch_stats runs the model in inference mode, which disables dropout_rate="
+            f"{config.model.dropout_rate}; set --config.model.dropout_rate=0 or freeze_batch_stats=False"
+        )
+    return Experiment(config, _model_fields(config), data, optimizer, step, loop, initial)
+
+
+def _adopt_weights(config: ml_collections.ConfigDict, initial: init_lib.Initial | None) -> None:
+    """Fill config.model's architecture fields and config.normalization from the weights, in place.
+
+    None means "the weights' value" (MobileNetV1's default without init_from); an explicit value
+    that contradicts the weights is refused by name. normalization None is the weights' when they
+    record one, else "imagenet". image_size and every other field stay the config's.
+    """
+    for field in init_lib.ARCHITECTURE_FIELDS:
+        wanted = config.model.get(field)
+        if initial is None:
+            if wanted is None and field in config.model:
+                del config.model[field]
+            continue
+        found = initial.fields[field]
+        if wanted is not None and wanted != found:
+            raise ValueError(
+                f"config.model.{field}={wanted!r} contradicts the init_from weights ({initial.source}: "
+                f"{field}={found!r}); set --config.model.{field}={found!r} or leave it None"
+            )
+        config.model[field] = found
+    if config.normalization is None:
+        config.normalization = (initial and initial.normalization) or "imagenet"
 
 
 def _field_names(spec: type) -> tuple[str, ...]:

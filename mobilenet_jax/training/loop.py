@@ -17,7 +17,7 @@ import optax
 
 from mobilenet_jax import data, weights
 from mobilenet_jax.paths import to_path
-from mobilenet_jax.training import checkpoint, mesh, optim
+from mobilenet_jax.training import checkpoint, init, mesh, optim
 from mobilenet_jax.training.config import Experiment, resolve
 from mobilenet_jax.training.metrics import MetricWriter
 from mobilenet_jax.training.preemption import PreemptionWatch
@@ -66,15 +66,17 @@ def _summarise(runner: mesh.Parallel, pending: list[tuple[int, dict]], allow_non
 def _initial_state(
     experiment: Experiment, tx: optax.GradientTransformation, runner: mesh.Parallel, checkpoints: checkpoint.Checkpoints
 ) -> TrainState:
-    """A fresh state, or the latest checkpoint's, as replicated global arrays."""
+    """A fresh state (from config.init_from's weights when set), or the latest checkpoint's, as
+    replicated global arrays."""
+
+    def fresh(rng: jax.Array, variables: dict[str, Any] | None) -> TrainState:
+        state = create_train_state(rng, runner.model, tx, experiment.data.image_size, experiment.loop.ema_decay)
+        return state if variables is None else init.start_from(state, variables)
+
     # One compiled program: initialising op by op compiles hundreds of small ones.
-    init = jax.jit(
-        lambda rng: create_train_state(
-            rng, runner.model, tx, experiment.data.image_size, experiment.loop.ema_decay
-        ),
-        out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()),
-    )
-    state = init(jax.random.key(experiment.loop.seed))
+    initialise = jax.jit(fresh, out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()))
+    initial = experiment.initial.variables if experiment.initial else None
+    state = initialise(jax.random.key(experiment.loop.seed), initial)
     if checkpoints.latest_step() is not None:
         state = checkpoints.restore(state)
     return state

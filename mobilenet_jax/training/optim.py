@@ -1,4 +1,4 @@
-"""Learning-rate schedules, the weight-decay mask and the optimizers of the training recipes.
+"""Learning-rate schedules, the weight-decay and trainable masks and the optimizers of the recipes.
 
 `OptimizerSpec` holds the config fields they need, checked when it is built. Parameter EMA
 (config.ema_decay) is kept by the train step, not here.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from typing import Any
 
 import jax
@@ -47,9 +48,23 @@ class OptimizerSpec:
     weight_decay: float = 0.0
     weight_decay_depthwise: bool = False
     grad_clip_norm: float = 0.0
+    # Fine-tuning: see `create_optimizer`.
+    trainable: str = ""  # a regex over "/"-joined parameter paths; "" trains every parameter
+    freeze_backbone_steps: int = 0
+    backbone_lr_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        try:
+            re.compile(self.trainable)
+        except re.error as error:
+            raise ValueError(
+                f"trainable={self.trainable!r} is not a regular expression ({error}); e.g. 'classifier/.*'"
+            ) from error
+        if self.freeze_backbone_steps < 0:
+            raise ValueError(f"freeze_backbone_steps must be >= 0 (0: never frozen), got {self.freeze_backbone_steps}")
+        if not self.backbone_lr_multiplier >= 0:
+            raise ValueError(f"backbone_lr_multiplier must be >= 0, got {self.backbone_lr_multiplier}; e.g. 0.1")
         check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
         for field in ("learning_rate", "weight_decay", "warmup_epochs", "grad_clip_norm"):
             if not getattr(self, field) >= 0:
@@ -146,6 +161,22 @@ def weight_decay_mask(params: Any, *, decay_depthwise: bool) -> Any:
     )
 
 
+CLASSIFIER = "classifier"  # the model's Dense head; every other parameter is the backbone
+
+
+def parameter_groups(params: Any, *, trainable: str = "") -> Any:
+    """Each parameter's group: "frozen" (its "/"-joined path, e.g. "block3/depthwise/conv/kernel",
+    does not fully match the `trainable` regex; "" matches all), else "classifier" or "backbone"."""
+    pattern = re.compile(trainable or ".*")
+
+    def group(path: tuple[str, ...], _: Any) -> str:
+        if not pattern.fullmatch("/".join(path)):
+            return "frozen"
+        return "classifier" if path[0] == CLASSIFIER else "backbone"
+
+    return traverse_util.path_aware_map(group, params)
+
+
 def create_optimizer(
     spec: OptimizerSpec, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -155,8 +186,27 @@ def create_optimizer(
     weight_decay * sum(w ** 2) / 2 to the loss, so clipping and the optimizer see it. adamw takes
     decoupled decay: optax multiplies it by the learning rate (PyTorch's AdamW), so it wants far
     larger values (e.g. 0.05) than the L2 form.
+
+    Fine-tuning splits the parameters (`parameter_groups`): frozen ones get zero updates (no
+    weight decay, no optimizer state); the backbone gets no update (and its optimizer state does
+    not move) for the first `freeze_backbone_steps` steps, then the schedule's rate at that step
+    times `backbone_lr_multiplier`. Split, each group is clipped by its own global norm.
     """
     schedule = create_learning_rate_schedule(spec, steps_per_epoch)
+    head = _transform(spec, schedule)
+    if not (spec.trainable or spec.freeze_backbone_steps or spec.backbone_lr_multiplier != 1):
+        return head, schedule
+    delay = spec.freeze_backbone_steps
+    backbone = _transform(spec, lambda count: spec.backbone_lr_multiplier * schedule(count + delay))
+    if delay:
+        backbone = optax.transforms.conditionally_mask(backbone, lambda count: count >= delay)
+    groups = functools.partial(parameter_groups, trainable=spec.trainable)
+    split = optax.multi_transform({"classifier": head, "backbone": backbone, "frozen": optax.set_to_zero()}, groups)
+    return split, schedule
+
+
+def _transform(spec: OptimizerSpec, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Weight decay, clipping and the optimizer proper, at the learning rates of `schedule`."""
     mask = functools.partial(weight_decay_mask, decay_depthwise=spec.weight_decay_depthwise)
     chain = []
     if spec.optimizer != "adamw" and spec.weight_decay > 0:
@@ -164,7 +214,7 @@ def create_optimizer(
     if spec.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(spec.grad_clip_norm))
     chain.append(_base_optimizer(spec, schedule, mask))
-    return optax.chain(*chain), schedule
+    return optax.chain(*chain)
 
 
 def _base_optimizer(spec: OptimizerSpec, schedule: optax.Schedule, mask: Any) -> optax.GradientTransformation:

@@ -29,6 +29,7 @@ class StepOptions:
     label_smoothing: float = 0.0
     sync_batch_stats: bool = True
     skip_nonfinite_updates: bool = False
+    freeze_batch_stats: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
@@ -61,6 +62,7 @@ def train_step(
     label_smoothing: float = 0.0,
     sync_batch_stats: bool = True,
     skip_nonfinite_updates: bool = False,
+    freeze_batch_stats: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """One optimizer step on `batch` ({"image": NHWC float, "label": int}).
 
@@ -69,21 +71,24 @@ def train_step(
     model must then have `bn_axis_name=None`) and the running averages are averaged afterwards,
     so the state stays identical on every device. With `skip_nonfinite_updates` a step whose
     loss or gradients are not finite leaves the state unchanged except the step counter.
+    With `freeze_batch_stats` the model runs in inference mode, as Keras fine-tunes: BatchNorm
+    normalises with its running statistics, which stay as they are, and dropout is off.
     """
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
 
     def loss_fn(params):
-        logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats},
-            batch["image"],
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": rng},
-        )
+        variables = {"params": params, "batch_stats": state.batch_stats}
+        if freeze_batch_stats:
+            logits, batch_stats = state.apply_fn(variables, batch["image"], train=False), state.batch_stats
+        else:
+            logits, updates = state.apply_fn(
+                variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+            )
+            batch_stats = updates["batch_stats"]
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-        return loss, (logits, updates["batch_stats"])
+        return loss, (logits, batch_stats)
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = _mean_over(axis_name, grads)

@@ -12,7 +12,7 @@ from ml_collections import config_flags
 from mobilenet_jax.training import config as config_gate
 from mobilenet_jax.training import optim
 
-CONFIGS = ["default", "tpu", "gpu", "digits"]
+CONFIGS = ["default", "tpu", "gpu", "digits", "finetune"]
 
 
 def load(name: str, *args: str) -> ml_collections.ConfigDict:

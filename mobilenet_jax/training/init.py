@@ -1,0 +1,101 @@
+"""Initial variables for fine-tuning: `config.init_from` loaded once, then merged into a fresh state.
+
+`init_from` is a registered pretrained name (`mobilenet_v1_100_224.tf_slim`), a file that
+`load_pretrained` converts (TF-Slim, Keras, timm, or a model file written by `save_pretrained`),
+an exported `mobilenet_v1.msgpack` (with its `.json` fields beside it), or a finished run's
+workdir (its `mobilenet_v1.msgpack`). The backbone always comes from these weights; the
+classifier is kept when its shape matches the dataset's class count and re-initialised otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from mobilenet_jax import weights
+from mobilenet_jax.paths import to_path
+from mobilenet_jax.interop import pretrained
+from mobilenet_jax.interop.preprocessing import normalization_of
+from mobilenet_jax.training.checkpoint import CONFIG_FILE
+from mobilenet_jax.training.optim import CLASSIFIER
+from mobilenet_jax.training.state import TrainState
+
+# MobileNetV1 fields that decide what the weights compute: fine-tuning takes them from the weights.
+ARCHITECTURE_FIELDS = ("alpha", "min_depth", "activation", "padding", "bn_epsilon")
+
+
+@dataclasses.dataclass(frozen=True)
+class Initial:
+    """Weights to start from: their model fields, variables and input normalisation (None: unknown)."""
+
+    source: str
+    fields: dict[str, Any]
+    variables: dict[str, Any]
+    normalization: str | None
+
+
+def load_initial(init_from: str) -> Initial:
+    """The weights `init_from` names; a ValueError says what it accepts when it names none."""
+    path = to_path(init_from)
+    if path.is_dir() and (path / weights.MODEL_FILE).exists():
+        path = path / weights.MODEL_FILE
+    is_exported = path.name.endswith(".msgpack") and to_path(str(path) + weights.FIELDS_SUFFIX).exists()
+    if is_exported and not to_path(str(path) + pretrained.PREPROCESSING_SUFFIX).exists():
+        model, variables = weights.load_model(str(path))
+        return Initial(init_from, weights.model_fields(model), variables, _recorded_normalization(path.parent))
+    if path.is_dir() and (path / CONFIG_FILE).exists():
+        raise ValueError(
+            f"init_from={init_from!r} is a workdir without {weights.MODEL_FILE}: let that run finish, or pass a model file"
+        )
+    try:
+        loaded = pretrained.load_pretrained(init_from)
+    except FileNotFoundError as error:
+        raise ValueError(f"init_from={init_from!r}: {error}") from error
+    return Initial(init_from, loaded.fields, loaded.variables, normalization_of(loaded.preprocessing))
+
+
+def _recorded_normalization(folder: Any) -> str | None:
+    """The normalisation the run in `folder` trained with, from its config.json, if it has one."""
+    config_file = folder / CONFIG_FILE
+    if not config_file.exists():
+        return None
+    return json.loads(config_file.read_text()).get("normalization")
+
+
+def merge(fresh: dict[str, Any], initial: dict[str, Any], collection: str) -> dict[str, Any]:
+    """`fresh` (a model's freshly initialised `collection`) with every leaf taken from `initial`,
+    except the classifier's when its shape differs (another class count): that one stays fresh.
+
+    Backbone leaves must all be in `initial` with their shapes; a missing or reshaped one raises.
+    """
+    loaded = traverse_util.flatten_dict(initial.get(collection, {}), sep="/")
+    merged = {}
+    for path, leaf in traverse_util.flatten_dict(fresh, sep="/").items():
+        source = loaded.get(path)
+        same = source is not None and tuple(source.shape) == tuple(leaf.shape)
+        if not same and not path.startswith(CLASSIFIER + "/"):
+            found = "missing" if source is None else f"shape {tuple(source.shape)}"
+            raise ValueError(
+                f"init_from weights do not fit the model: {collection} {path} is {found}, the model needs "
+                f"{tuple(leaf.shape)}; check config.model against the weights"
+            )
+        merged[path] = jnp.asarray(source, leaf.dtype) if same else leaf
+    return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def start_from(state: TrainState, variables: dict[str, Any]) -> TrainState:
+    """`state` (freshly initialised) with the loaded `variables` merged in (see `merge`), and its
+    optimizer state and EMA restarted from the result."""
+    params = merge(state.params, variables, "params")
+    batch_stats = merge(state.batch_stats, variables, "batch_stats")
+    return state.replace(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=state.tx.init(params),
+        ema_params=jax.tree.map(jnp.copy, params) if state.ema_decay > 0 else None,
+    )
