@@ -185,7 +185,7 @@ KILL_MID_SAVE = textwrap.dedent(
     def state(step, value):
         params = {f"w{i}": jnp.full((4096, 4096), value, jnp.float32) for i in range(4)}
         return TrainState(step=jnp.asarray(step), params=params, batch_stats={}, opt_state={},
-                          ema_params=None, apply_fn=None, tx=None)
+                          ema=None, apply_fn=None, tx=None)
 
     checkpoints = checkpoint.Checkpoints(sys.argv[1])
     checkpoints.save(state(1, 1.0))
