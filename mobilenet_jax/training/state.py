@@ -19,7 +19,7 @@ def ema_decay_at(decay: float, updates: jax.typing.ArrayLike) -> jax.Array:
     In the reference the average is applied after the optimizer step, which has already
     incremented global_step, so the first update sees n = 1 (decay 2/11) and the average follows
     the weights closely early on; `decay` is reached after (10 * decay - 1) / (1 - decay) steps
-    (1,789 for 0.995, about 100,000 for 0.9999).
+    (1,790 for 0.995, 89,990 for 0.9999).
     """
     n = jnp.asarray(updates, jnp.float32)
     return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
