@@ -145,10 +145,14 @@ def check_input(x: Array) -> None:
     """Raise a ValueError unless `x` is an NHWC batch of RGB images at least 32 pixels a side."""
     if x.ndim != 4:
         raise ValueError(f"expected NHWC images of rank 4, got shape {tuple(x.shape)}; add a batch axis")
-    if x.shape[-1] != 3:
+    if x.shape[-1] == 1:
         raise ValueError(
-            f"expected 3 channels last (NHWC), got shape {tuple(x.shape)}; transpose NCHW with (0, 2, 3, 1)"
+            f"expected 3 channels last (NHWC RGB), got grayscale images of shape {tuple(x.shape)}; "
+            "repeat the channel: jnp.repeat(x, 3, axis=-1)"
         )
+    if x.shape[-1] != 3:
+        advice = "transpose NCHW with (0, 2, 3, 1)" if x.shape[1] == 3 else "convert the images to RGB"
+        raise ValueError(f"expected 3 channels last (NHWC RGB), got shape {tuple(x.shape)}; {advice}")
     if min(x.shape[1:3]) < MIN_INPUT_SIZE:
         raise ValueError(f"input height and width must be >= {MIN_INPUT_SIZE}, got {tuple(x.shape[1:3])}")
 

@@ -65,6 +65,7 @@ class Checkpoints:
             create=not read_only,
         )
         self.directory = to_path(workdir) / CHECKPOINT_DIR
+        self._damaged: set[int] = set()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -78,6 +79,13 @@ class Checkpoints:
     def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> None:
         """Start an asynchronous save of `state` at its step; `metrics` feed the best-checkpoint choice."""
         step = int(state.step.addressable_data(0))  # this process's copy of a replicated scalar
+        if step in self._damaged:
+            print(
+                f"checkpoint {step} in {self.directory} is damaged and left as it is: the state of step {step} "
+                "is not saved; move that folder away to let the run save it",
+                file=sys.stderr,
+            )
+            return
         if step in self._manager.all_steps():
             return
         self._manager.save(
@@ -97,8 +105,9 @@ class Checkpoints:
             try:
                 restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
             except Exception as error:  # Orbax and TensorStore raise many types for a damaged file
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
                 skipped.append(f"{candidate} ({reason})")
+                self._damaged.add(candidate)
                 print(
                     f"checkpoint {candidate} in {self.directory} does not restore ({reason}); skipped and left "
                     "on disk, trying an older one",
