@@ -39,7 +39,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         if "config file" not in str(error):
             fail(str(error).splitlines()[0])
         # ml_collections: the config file cannot be loaded; its last line says why
-        path = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), "").split(":")[0]
+        path = next((arg.split("=", 1)[1] for arg in reversed(argv) if arg.startswith("--config=")), "").split(":")[0]
         reason = str(error).splitlines()[-1].strip()
         advice = "; pass an existing configs/*.py file" if "No such file" in reason else ""
         fail(f"--config file {path!r} cannot be loaded: {reason}{advice}")
