@@ -69,10 +69,11 @@ def main(argv: list[str]) -> None:
     if FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from mobilenet_jax.training import train_and_evaluate
+    from mobilenet_jax.training.loop import NonFiniteLossError
 
     try:
         result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, OSError) as error:  # the config gate's and the checks' messages say the fix
+    except (ValueError, OSError, NonFiniteLossError) as error:  # their messages name the fix
         fail(str(error))
     if jax.process_index() == 0:
         print(final_line(result, FLAGS.workdir))
