@@ -1,7 +1,11 @@
 """Train MobileNet v1: python train.py --config=configs/default.py --workdir=DIR [--config.field=value ...]
 
 On several hosts (a Cloud TPU pod slice, several GPU machines) add --distributed on every host.
+A mistake in the command or the config ends the command with one line on stderr and exit status 2.
 """
+
+import sys
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -15,6 +19,47 @@ config_flags.DEFINE_config_file("config", None, "A configs/*.py file (with an op
 FLAGS = flags.FLAGS
 
 
+def fail(message: str) -> NoReturn:
+    """End the command with `message` as its one line on stderr."""
+    print(f"train.py: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every mistake in the flags or the config file as one line."""
+    try:
+        remaining = FLAGS(argv)
+        FLAGS.config.keys()  # raises if the config file did not load
+    except AttributeError as error:  # ml_collections: an override of a field the config lacks
+        field = str(error).strip("\"'")
+        given = [arg for arg in argv if arg.startswith("--config.") and field in arg.split("=")[0].split(".")]
+        fail(f"unknown config field {field!r} in {' '.join(given) or 'a --config.FIELD flag'}; "
+             "check its spelling against the fields of the --config file")
+    except (flags.Error, OSError) as error:
+        if "config file" not in str(error):
+            fail(str(error).splitlines()[0])
+        # ml_collections: the config file cannot be loaded; its last line says why
+        path = next((arg.split("=", 1)[1] for arg in reversed(argv) if arg.startswith("--config=")), "").split(":")[0]
+        reason = str(error).splitlines()[-1].strip()
+        advice = "; pass an existing configs/*.py file" if "No such file" in reason else ""
+        fail(f"--config file {path!r} cannot be loaded: {reason}{advice}")
+    return remaining
+
+
+def final_line(result: dict[str, Any], workdir: str) -> str:
+    """What the run reached and where its model or checkpoint is, in one line."""
+    metrics = " ".join(f"{k}={v:.4f}" for k, v in result.items() if isinstance(v, float))
+    step = result.get("step")
+    if result.get("stopped"):
+        return f"Stopped by SIGTERM after step {step}; checkpoint saved in {result['checkpoint_dir']}. {metrics}".strip()
+    if result.get("finished_before"):
+        where = f"; model in {result['model_path']}" if "model_path" in result else ""
+        return f"The run in {workdir} already finished at step {step}: {metrics}{where}"
+    if "model_path" in result:
+        return f"Finished at step {step}: {metrics}; model ({result['model_variables']} variables) written to {result['model_path']}"
+    return f"Evaluated the checkpoint of step {step} in {workdir}: {metrics}"
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -24,12 +69,16 @@ def main(argv: list[str]) -> None:
     if FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     from mobilenet_jax.training import train_and_evaluate
+    from mobilenet_jax.training.loop import NonFiniteLossError
 
-    result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    if jax.process_index() == 0 and result:
-        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    try:
+        result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, OSError, NonFiniteLossError) as error:  # their messages name the fix
+        fail(str(error))
+    if jax.process_index() == 0:
+        print(final_line(result, FLAGS.workdir))
 
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,4 +1,4 @@
-"""ImageNet, MobileNet 1.0-224, the paper-style recipe of the Cloud TPU reference.
+"""ImageNet, MobileNet 1.0-224, the recipe of the Cloud TPU reference (tensorflow/tpu).
 
 Recipes are selected by the config-file argument, and any field by a flag:
 
@@ -14,11 +14,22 @@ Recipes are selected by the config-file argument, and any field by a flag:
 import ml_collections
 from ml_collections import config_dict
 
+# The PyTorch-style training of the alternatives: linear warm-up, no rate floor, no label
+# smoothing, an EMA as slow as timm's, PyTorch's BatchNorm defaults and He-normal kernels.
+_PYTORCH_STYLE = dict(
+    warmup_epochs=5.0,
+    lr_floor=0.0,
+    label_smoothing=0.0,
+    ema_decay=0.9999,
+    model=dict(bn_momentum=0.9, bn_epsilon=1e-5, init_stddev=0.0),
+)
+
 # What each recipe changes in the base config of get_config, which is the "rmsprop" recipe.
 RECIPES = {
     "rmsprop": {},
     # The modern SGD recipe (Goyal et al.: 0.1 per 256 images), Nesterov momentum, cosine to 0.
     "sgd": dict(
+        _PYTORCH_STYLE,
         optimizer="sgd",
         learning_rate=0.1,
         lr_schedule="cosine",
@@ -27,6 +38,7 @@ RECIPES = {
     # AdamW with decoupled weight decay; optax scales the decay by the learning rate (as
     # PyTorch's AdamW does), hence a rate far above the L2 recipes'. A starting point, not tuned.
     "adamw": dict(
+        _PYTORCH_STYLE,
         optimizer="adamw",
         learning_rate=2.5e-4,
         lr_schedule="cosine",
@@ -86,16 +98,17 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.sync_batch_stats = True
 
     # Optimisation (mobilenet_jax.training.optim). learning_rate is per 256 images: the peak rate is
-    # learning_rate * batch_size / 256.
-    # The recipe of tensorflow/tpu models/official/mobilenet: RMSprop with TF1 semantics (decay
-    # 0.9, momentum 0.9, epsilon 1.0 inside the square root, mean square starting at 1.0), 0.165
-    # at batch 1024 scaled linearly, x0.94 every 3 epochs (staircase), warm-up, EMA, L2 4e-5.
+    # learning_rate * batch_size / 256. The recipe of tensorflow/tpu models/official/mobilenet
+    # (mobilenet.py, its model built under mobilenet_v1_arg_scope()); the README's "Recipes"
+    # table says where each number comes from.
     config.optimizer = "rmsprop"  # "rmsprop" | "sgd" | "adamw"
-    config.learning_rate = 0.165 * 256 / 1024
+    # TF1 RMSPropOptimizer semantics: epsilon inside the square root, mean square starting at 1.
+    config.learning_rate = 0.165  # 0.66 at batch 1024
     config.lr_schedule = "exponential"  # "exponential" (staircase) | "cosine" | "constant"
-    config.warmup_epochs = 5.0  # linear from 0
+    config.warmup_epochs = 0.0  # linear from 0; the reference has none
     config.lr_decay_rate = 0.94  # exponential: x lr_decay_rate every lr_decay_epochs
     config.lr_decay_epochs = 3.0
+    config.lr_floor = 1e-4  # never below lr_floor * the peak rate
     config.momentum = 0.9  # rmsprop and sgd
     config.nesterov = False  # sgd
     config.rmsprop_decay = 0.9
@@ -108,10 +121,11 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.weight_decay = 4e-5
     config.weight_decay_depthwise = False
     config.grad_clip_norm = 0.0  # global-norm clipping when > 0
-    config.label_smoothing = 0.0  # the paper uses none
-    # Exponential moving average of the parameters, kept by the train step and used for
-    # evaluation; 0 disables it.
-    config.ema_decay = 0.9999
+    config.label_smoothing = 0.1
+    # Moving average of the parameters and BatchNorm statistics, decay min(ema_decay,
+    # (1 + step) / (10 + step)) as TF's num_updates; evaluated beside the raw weights, and the
+    # better of the two exported. 0 disables it.
+    config.ema_decay = 0.995
 
     # Fine-tuning (README "Fine-tune"): start from pretrained weights (a registered name, a
     # converted or exported model file, or a finished run's workdir); the classifier is
@@ -124,19 +138,33 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.backbone_lr_multiplier = 1.0
     config.freeze_batch_stats = False
 
-    # Fields of mobilenet_jax.MobileNetV1; num_classes comes from the dataset.
+    # Fields of mobilenet_jax.MobileNetV1; num_classes comes from the dataset. The architecture
+    # is the PyTorch reference's (ReLU, symmetric padding); the reference's TF-Slim model has
+    # ReLU6 and SAME padding (--config.model.activation=relu6 --config.model.padding=same).
     config.model = ml_collections.ConfigDict(
         dict(
             alpha=1.0,
             min_depth=8,
-            dropout_rate=1e-3,
+            dropout_rate=1e-3,  # keep_prob 0.999
             activation="relu",
             padding="torch",
-            bn_momentum=0.9,  # Flax convention: 1 - PyTorch's 0.1
-            bn_epsilon=1e-5,
+            bn_momentum=0.9997,  # TF's BatchNorm decay, the same convention as Flax's momentum
+            bn_epsilon=1e-3,
+            init_stddev=0.09,  # truncated normal
             depthwise_impl="auto",
         )
     )
 
-    config.update(RECIPES[recipe])
+    config.update_from_flattened_dict(_flatten(RECIPES[recipe]))
     return config
+
+
+def _flatten(overrides: dict, prefix: str = "") -> dict:
+    """{"model.bn_epsilon": ...} from {"model": {"bn_epsilon": ...}}, for nested overrides."""
+    flat = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat

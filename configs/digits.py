@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.shuffle_buffer = 2048
     config.model.alpha = 0.25
     config.model.dropout_rate = 0.0
+    # Set here, not inherited: the README's digits figures were measured with these.
+    config.model.bn_momentum = 0.9
+    config.model.bn_epsilon = 1e-5
+    config.model.init_stddev = 0.0  # He normal
 
     config.batch_size = 64
     config.eval_batch_size = 120  # the 360 test images in 3 unpadded batches
@@ -29,6 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.learning_rate = 0.4  # 0.1 at batch 64
     config.warmup_epochs = 1.0
+    config.lr_floor = 0.0
     config.weight_decay = 5e-5
+    config.label_smoothing = 0.0
     config.ema_decay = 0.0  # too few steps for an average to settle
     return config

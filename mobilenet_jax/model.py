@@ -43,6 +43,9 @@ class MobileNetV1(nn.Module):
     NHWC images of any size >= 32. `num_classes=0` returns the pooled 1024 * alpha features.
     `depthwise_impl`, `batch_norm_impl` and `stem_impl` choose how XLA computes those layers
     ("auto": the backend's row of `ops.backends.BACKEND_DEFAULTS`); all forms share the variables.
+    `init_stddev` > 0 draws every convolution and classifier kernel from a normal of that stddev
+    truncated at two stddevs, TF-Slim's `truncated_normal_initializer` (the TF reference's 0.09);
+    0 keeps He normal (fan-out) for the convolutions and LeCun normal for the classifier.
     With `return_endpoints=True` the call returns `(output, endpoints)`, endpoints mapping
     "stride_2" ... "stride_32" to the last feature map at that output stride, for backbones.
     """
@@ -55,6 +58,7 @@ class MobileNetV1(nn.Module):
     padding: str = "torch"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    init_stddev: float = 0.0
     bn_axis_name: str | None = None
     depthwise_impl: str = "auto"
     batch_norm_impl: str = "auto"
@@ -75,6 +79,8 @@ class MobileNetV1(nn.Module):
             raise ValueError(f"min_depth must be >= 1, got {self.min_depth}")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if not self.init_stddev >= 0.0:
+            raise ValueError(f"init_stddev must be >= 0 (0: He normal), got {self.init_stddev}")
         if not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(
                 f"bn_momentum must be in [0, 1) (Flax convention: 1 - PyTorch momentum), got {self.bn_momentum}"
@@ -96,6 +102,7 @@ class MobileNetV1(nn.Module):
         check_input(x)
         width = functools.partial(scaled_channels, alpha=self.alpha, min_depth=self.min_depth)
         precision = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        init = {"kernel_init": nn.initializers.truncated_normal(self.init_stddev)} if self.init_stddev else {}
         norm = functools.partial(
             layers.BatchNorm,
             momentum=self.bn_momentum,
@@ -106,12 +113,17 @@ class MobileNetV1(nn.Module):
         )
         activation = layers.activation_fn(self.activation)
         stem = functools.partial(
-            layers.StemConv, features=width(STEM_CHANNELS), padding=self.padding, impl=self.stem_impl, **precision
+            layers.StemConv,
+            features=width(STEM_CHANNELS),
+            padding=self.padding,
+            impl=self.stem_impl,
+            **precision,
+            **init,
         )
         depthwise = functools.partial(
-            layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **precision
+            layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **precision, **init
         )
-        pointwise = functools.partial(layers.PointwiseConv, **precision)
+        pointwise = functools.partial(layers.PointwiseConv, **precision, **init)
 
         x = layers.ConvBNAct(stem, norm, activation, name="stem")(x, train)
         endpoints = {}
@@ -124,7 +136,7 @@ class MobileNetV1(nn.Module):
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.num_classes:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(self.num_classes, name="classifier", **precision)(x)
+            x = nn.Dense(self.num_classes, name="classifier", **precision, **init)(x)
             x = x.astype(jnp.float32)
         return (x, endpoints) if return_endpoints else x
 
@@ -133,10 +145,14 @@ def check_input(x: Array) -> None:
     """Raise a ValueError unless `x` is an NHWC batch of RGB images at least 32 pixels a side."""
     if x.ndim != 4:
         raise ValueError(f"expected NHWC images of rank 4, got shape {tuple(x.shape)}; add a batch axis")
-    if x.shape[-1] != 3:
+    if x.shape[-1] == 1:
         raise ValueError(
-            f"expected 3 channels last (NHWC), got shape {tuple(x.shape)}; transpose NCHW with (0, 2, 3, 1)"
+            f"expected 3 channels last (NHWC RGB), got grayscale images of shape {tuple(x.shape)}; "
+            "repeat the channel: jnp.repeat(x, 3, axis=-1)"
         )
+    if x.shape[-1] != 3:
+        advice = "transpose NCHW with (0, 2, 3, 1)" if x.shape[1] == 3 else "convert the images to RGB"
+        raise ValueError(f"expected 3 channels last (NHWC RGB), got shape {tuple(x.shape)}; {advice}")
     if min(x.shape[1:3]) < MIN_INPUT_SIZE:
         raise ValueError(f"input height and width must be >= {MIN_INPUT_SIZE}, got {tuple(x.shape[1:3])}")
 

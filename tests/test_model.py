@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from mobilenet_jax import ENDPOINT_BLOCKS, VARIANTS, MobileNetV1, create_model, get_variant, scaled_channels
 
@@ -118,6 +119,9 @@ def test_bfloat16_computation_keeps_float32_params_and_logits():
         (dict(num_classes=-3), "num_classes must be >= 0"),
         (dict(dropout_rate=1.0), "dropout_rate must be in"),
         (dict(bn_momentum=1.5), "bn_momentum must be in"),
+        (dict(init_stddev=-0.1), "init_stddev must be >= 0"),
+        (dict(num_classes=2.5), r"num_classes must be an int >= 0, got 2.5"),
+        (dict(alpha="0.5"), r"alpha must be a number > 0, got '0.5'"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):
@@ -129,7 +133,9 @@ def test_invalid_arguments_raise_clear_errors(kwargs, message):
     "shape,message",
     [
         ((224, 224, 3), "rank 4"),
-        ((1, 3, 224, 224), "3 channels last"),
+        ((1, 3, 224, 224), r"3 channels last .*transpose NCHW with \(0, 2, 3, 1\)"),
+        ((1, 64, 64, 1), r"grayscale images of shape \(1, 64, 64, 1\); repeat the channel"),
+        ((1, 64, 64, 4), r"3 channels last .*convert the images to RGB"),
         ((1, 31, 64, 3), ">= 32"),
     ],
 )
@@ -148,3 +154,14 @@ def test_importing_the_package_pulls_in_neither_torch_nor_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_init_stddev_draws_every_kernel_from_tf_slims_truncated_normal():
+    # TF's truncated_normal_initializer(stddev=0.09): N(0, 0.09) redrawn outside two stddevs, so
+    # the drawn values have standard deviation 0.09 * 0.8796.
+    variables = MobileNetV1(alpha=1.0, num_classes=1000, init_stddev=0.09).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+    kernels = {"/".join(k): v for k, v in traverse_util.flatten_dict(variables["params"]).items() if k[-1] == "kernel"}
+    assert len(kernels) == 1 + 2 * 13 + 1 and "classifier/kernel" in kernels
+    values = np.concatenate([np.ravel(v) for v in kernels.values()])
+    assert np.abs(values).max() <= 2 * 0.09
+    assert np.std(values) == pytest.approx(0.09 * 0.8796, rel=0.01)

@@ -8,6 +8,7 @@ checkpoints are kept, and optionally the best one by evaluation accuracy.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any, Mapping
 
 import jax
@@ -20,11 +21,17 @@ from mobilenet_jax.training.state import TrainState
 
 CHECKPOINT_DIR = "checkpoints"
 CONFIG_FILE = "config.json"
-# Fields that change the state's structure or meaning: a checkpoint cannot continue under others.
-STATE_DEFINING_FIELDS = (
-    "dataset", "model.alpha", "model.min_depth", "optimizer", "ema_decay", "weight_decay_depthwise",
-    "nesterov", "grad_clip_norm", "half_precision", "trainable", "freeze_backbone_steps", "backbone_lr_multiplier",
-)
+# The only fields a resumed run may change: when and how much to log, evaluate, checkpoint and
+# export, how long to train (num_epochs / num_train_steps extend a run), where the data lies, and
+# how the same computation is laid out. Every other field changes what the checkpoint means.
+RESUMABLE_FIELDS = frozenset({
+    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_best_checkpoint",
+    "eval_only", "export_path", "num_epochs", "num_train_steps", "skip_nonfinite_updates", "data_dir",
+    "prefetch", "cache", "eval_batch_size", "eval_split", "parallelism",
+    "model.depthwise_impl", "model.batch_norm_impl", "model.stem_impl",
+})
+# Recorded beside the config: the class count comes from the data, not from a field.
+NUM_CLASSES = "num_classes"
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -34,14 +41,15 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
         "params": state.params,
         "batch_stats": state.batch_stats,
         "opt_state": state.opt_state,
-        "ema_params": state.ema_params,
+        "ema": state.ema,
     }
 
 
 class Checkpoints:
     """Save and restore TrainStates held as replicated global arrays (`Parallel.to_global`)."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = False):
+    def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = False, read_only: bool = False):
+        """`read_only` opens the checkpoints for restoring only: nothing in the folder is written."""
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
         preserve = [policies.LatestN(keep)]
@@ -52,9 +60,12 @@ class Checkpoints:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policies.AnyPreservationPolicy(preserve),
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
         )
         self.directory = to_path(workdir) / CHECKPOINT_DIR
+        self._damaged: set[int] = set()
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -68,6 +79,13 @@ class Checkpoints:
     def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> None:
         """Start an asynchronous save of `state` at its step; `metrics` feed the best-checkpoint choice."""
         step = int(state.step.addressable_data(0))  # this process's copy of a replicated scalar
+        if step in self._damaged:
+            print(
+                f"checkpoint {step} in {self.directory} is damaged and left as it is: the state of step {step} "
+                "is not saved; move that folder away to let the run save it",
+                file=sys.stderr,
+            )
+            return
         if step in self._manager.all_steps():
             return
         self._manager.save(
@@ -75,11 +93,32 @@ class Checkpoints:
         )
 
     def restore(self, template: TrainState, step: int | None = None) -> TrainState:
-        """The checkpoint at `step` (default: the latest) in the shape and shardings of `template`."""
-        step = self.latest_step() if step is None else step
+        """The checkpoint at `step`, or by default the newest one that restores, in the shape and
+        shardings of `template`.
+
+        A damaged checkpoint (a truncated or missing file) is skipped with a line on stderr that
+        names it and the error, and left on disk as it is; ValueError when none restores.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(template))
-        restored = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return template.replace(**restored)
+        skipped = []
+        for candidate in sorted(self.all_steps(), reverse=True) if step is None else [step]:
+            try:
+                restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+            except Exception as error:  # Orbax and TensorStore raise many types for a damaged file
+                reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
+                skipped.append(f"{candidate} ({reason})")
+                self._damaged.add(candidate)
+                print(
+                    f"checkpoint {candidate} in {self.directory} does not restore ({reason}); skipped and left "
+                    "on disk, trying an older one",
+                    file=sys.stderr,
+                )
+                continue
+            return template.replace(**restored)
+        raise ValueError(
+            f"no checkpoint in {self.directory} restores: {'; '.join(skipped)}. Move the damaged step "
+            "folders away, or use a new --workdir"
+        )
 
     def wait(self) -> None:
         """Block until every started save is on disk."""
@@ -101,32 +140,45 @@ def has_checkpoints(workdir: str) -> bool:
     return directory.is_dir() and any(path.name.isdigit() for path in directory.iterdir())
 
 
-def check_resumable(workdir: str, config: Mapping[str, Any], record: bool = True) -> None:
-    """Refuse a config that the workdir's checkpoints cannot serve; then, if `record`, save it there.
+def run_record(config: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
+    """What `config.json` records of a run: the flat config and the data's class count."""
+    return {**flatten_config(config), NUM_CLASSES: num_classes}
 
-    Raises ValueError naming every differing state-defining field, before anything is touched.
+
+def check_resumable(workdir: str, record: Mapping[str, Any]) -> None:
+    """Refuse a run (`run_record`) that the workdir's checkpoints cannot serve.
+
+    Raises ValueError naming every differing field outside RESUMABLE_FIELDS; reads only.
     """
     path = to_path(workdir) / CONFIG_FILE
-    current = flatten_config(config)
-    if path.exists() and has_checkpoints(workdir):
-        saved = json.loads(path.read_text())
-        differing = [
-            f"{name}: checkpoint has {saved.get(name)!r}, config has {current.get(name)!r}"
-            for name in STATE_DEFINING_FIELDS
-            if saved.get(name) != current.get(name)
-        ]
-        if differing:
-            raise ValueError(
-                f"workdir {workdir} holds a run whose checkpoints do not fit this config; differing fields: "
-                + "; ".join(differing)
-                + ". Use a new --workdir, or restore those values."
-            )
-    if record and jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written whole, then renamed: other processes may be reading the previous one.
-        staged = path.parent / (CONFIG_FILE + ".tmp")
-        staged.write_text(json.dumps(current, indent=1, sort_keys=True))
-        staged.replace(path)
+    if not (path.exists() and has_checkpoints(workdir)):
+        return
+    saved = json.loads(path.read_text())
+    differing = [
+        f"{name}: checkpoint has {saved.get(name)!r}, config has {record.get(name)!r}"
+        for name in sorted(set(saved) | set(record))
+        if name not in RESUMABLE_FIELDS and saved.get(name) != record.get(name)
+    ]
+    if differing:
+        raise ValueError(
+            f"workdir {workdir} holds a run whose checkpoints do not fit this config; differing fields: "
+            + "; ".join(differing)
+            + ". Use a new --workdir, or restore those values (a resumed run may change only "
+            + ", ".join(sorted(RESUMABLE_FIELDS))
+            + ")."
+        )
+
+
+def save_record(workdir: str, record: Mapping[str, Any]) -> None:
+    """Write `record` as the workdir's config.json (process 0 only), replacing it atomically."""
+    if jax.process_index() != 0:
+        return
+    path = to_path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written whole, then renamed: other processes may be reading the previous one.
+    staged = path.parent / (CONFIG_FILE + ".tmp")
+    staged.write_text(json.dumps(dict(record), indent=1, sort_keys=True))
+    staged.replace(path)
 
 
 def _json_default(value: Any) -> Any:

@@ -97,5 +97,5 @@ def start_from(state: TrainState, variables: dict[str, Any]) -> TrainState:
         params=params,
         batch_stats=batch_stats,
         opt_state=state.tx.init(params),
-        ema_params=jax.tree.map(jnp.copy, params) if state.ema_decay > 0 else None,
+        ema=jax.tree.map(jnp.copy, {"params": params, "batch_stats": batch_stats}) if state.ema_decay > 0 else None,
     )

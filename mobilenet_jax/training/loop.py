@@ -6,6 +6,8 @@ on the same workdir resumes from the latest checkpoint, with the input at the sa
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from typing import Any, Callable, Iterator
 
@@ -19,10 +21,12 @@ from mobilenet_jax import data, weights
 from mobilenet_jax.paths import to_path
 from mobilenet_jax.training import checkpoint, init, mesh, optim
 from mobilenet_jax.training.config import Experiment, resolve
-from mobilenet_jax.training.metrics import MetricWriter
+from mobilenet_jax.training.metrics import METRICS_FILE, MetricWriter, read_metrics
 from mobilenet_jax.training.preemption import PreemptionWatch
 from mobilenet_jax.training.state import TrainState, create_train_state
 
+# Per-step metrics of a run stopped between two log rows, for its next row after the resume.
+UNLOGGED_FILE = "unlogged_steps.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -30,7 +34,11 @@ class NonFiniteLossError(RuntimeError):
 
 
 def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: data.DataSpec) -> dict[str, float]:
-    """Top-1, top-5 and loss over every example of the eval split, each counted exactly once."""
+    """Top-1, top-5 and loss over every example of the eval split, each counted exactly once.
+
+    With an EMA, `eval_accuracy`, `eval_top5` and `eval_loss` are the EMA variables' and
+    `eval_accuracy_raw`, `eval_top5_raw` and `eval_loss_raw` the raw ones'.
+    """
     batches = data.eval_batches(source, spec, process_index=jax.process_index(), process_count=jax.process_count())
     totals = None
     for batch in batches:
@@ -38,29 +46,53 @@ def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: data.DataSpec
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = runner.fetch(totals)
     count = float(totals["count"])
-    return {
-        "eval_accuracy": float(totals["top1"]) / count,
-        "eval_top5": float(totals["top5"]) / count,
-        "eval_loss": float(totals["loss"]) / count,
-        "eval_examples": int(count),
-    }
+    names = {"top1": "eval_accuracy", "top5": "eval_top5", "loss": "eval_loss"}
+    result = {}
+    for suffix in ("", "_raw") if "top1_raw" in totals else ("",):
+        result.update({names[key] + suffix: float(totals[key + suffix]) / count for key in names})
+    return {**result, "eval_examples": int(count)}
 
 
-def _summarise(runner: mesh.Parallel, pending: list[tuple[int, dict]], allow_nonfinite: bool) -> dict[str, float]:
-    """Average the pending per-step metrics on the host; raise at the first non-finite step."""
-    steps = [step for step, _ in pending]
-    host = runner.fetch([metrics for _, metrics in pending])
-    finite = [bool(m["finite"]) for m in host]
-    if not all(finite) and not allow_nonfinite:
-        bad = steps[finite.index(False)]
-        raise NonFiniteLossError(
-            f"non-finite loss or gradients at step {bad}; the run stops and its last checkpoint is kept. "
-            "Lower the learning rate, check the input data, or set --config.skip_nonfinite_updates=True."
-        )
+def exported_variables(state: TrainState, result: dict[str, float]) -> tuple[dict[str, Any], str]:
+    """The variables to export and which they are: the EMA ones ("ema") unless the final
+    evaluation found the raw ones more accurate ("raw"), or the raw ones when there is no EMA."""
+    use_ema = state.ema is not None and result.get("eval_accuracy", 0.0) >= result.get("eval_accuracy_raw", 0.0)
+    return state.variables(ema=use_ema), "ema" if use_ema else "raw"
+
+
+def _host_metrics(runner: mesh.Parallel, pending: list[tuple[int, dict]], allow_nonfinite: bool) -> list[dict]:
+    """The pending per-step metrics on the host, each with its step; raise at the first non-finite step."""
+    host = [{"step": step, **metrics} for (step, _), metrics in zip(pending, runner.fetch([m for _, m in pending]))]
+    for record in host:
+        if not record["finite"] and not allow_nonfinite:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradients at step {record['step']}; the run stops and its last checkpoint is "
+                "kept. Lower the learning rate, check the input data, or set --config.skip_nonfinite_updates=True."
+            )
+    return host
+
+
+def _summarise(host: list[dict]) -> dict[str, float]:
+    """The mean of the finite steps' metrics, and how many steps were skipped."""
+    finite = [record for record in host if record["finite"]]
     keys = ("train_loss", "train_accuracy", "grad_norm")
-    summary = {k: float(np.mean([m[k] for m, ok in zip(host, finite) if ok] or [np.nan])) for k in keys}
-    summary["skipped_steps"] = finite.count(False)
+    summary = {k: float(np.mean([float(r[k]) for r in finite] or [np.nan])) for k in keys}
+    summary["skipped_steps"] = len(host) - len(finite)
     return summary
+
+
+def _hold_unlogged(workdir: str, host: list[dict]) -> None:
+    """Keep the metrics of steps run since the last log row for the resumed run's next row."""
+    if jax.process_index() == 0:
+        plain = [{k: np.asarray(v).item() for k, v in record.items()} for record in host]
+        (to_path(workdir) / UNLOGGED_FILE).write_text(json.dumps(plain))
+
+
+def _held_unlogged(workdir: str, start: int) -> list[dict]:
+    """The metrics `_hold_unlogged` kept when they end at step `start`, else []."""
+    path = to_path(workdir) / UNLOGGED_FILE
+    held = json.loads(path.read_text()) if path.exists() else []
+    return held if held and held[-1]["step"] == start else []
 
 
 def _initial_state(
@@ -82,13 +114,20 @@ def _initial_state(
     return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Train (or, with `eval_only`, evaluate) the model that `config` describes; return the last
-    evaluation's metrics. Resumes from `workdir/checkpoints` when it holds a checkpoint."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (or, with `eval_only`, evaluate) the model that `config` describes.
+
+    Resumes from `workdir/checkpoints` when it holds a checkpoint. Returns the last evaluation's
+    metrics and `step`, the step reached; a run that reaches its last step adds `model_path` and
+    `model_variables` ("ema" or "raw", see `exported_variables`); a run stopped by SIGTERM adds
+    `stopped` and `checkpoint_dir`; rerunning a finished run trains nothing, writes nothing and
+    returns its final evaluation with `finished_before`.
+    """
     experiment = resolve(config)
     mesh.check_batch_size(experiment.data.batch_size)
     mesh.check_batch_size(experiment.data.eval_batch_size, "eval_batch_size")
     loop = experiment.loop
+    _check_workdir(workdir)
     source = data.open_source(experiment.data)
     steps_per_epoch = source.info.num_train_examples // experiment.data.batch_size
     if steps_per_epoch < 1:
@@ -99,37 +138,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = optim.total_train_steps(experiment.optimizer, steps_per_epoch)
     tx, schedule = optim.create_optimizer(experiment.optimizer, steps_per_epoch)
     model = experiment.create_model(source.info.num_classes)
-    checkpoint.check_resumable(workdir, experiment.config.to_dict(), record=not loop.eval_only)
+    record = checkpoint.run_record(experiment.config.to_dict(), source.info.num_classes)
+    checkpoint.check_resumable(workdir, record)
     runner = mesh.make_parallel(loop.parallelism, model, experiment.step)
-    checkpoints = checkpoint.Checkpoints(workdir, keep=loop.keep_checkpoints, keep_best=loop.keep_best_checkpoint)
-    state = _initial_state(experiment, tx, runner, checkpoints)
-    start = int(state.step.addressable_data(0))
-    writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
+    export_path = loop.export_path or str(to_path(workdir) / weights.MODEL_FILE)
     evaluate_now = lambda state: evaluate(runner, state, source, experiment.data)
+    if loop.eval_only and not checkpoint.has_checkpoints(workdir):
+        raise FileNotFoundError(f"eval_only: no checkpoint in {to_path(workdir) / checkpoint.CHECKPOINT_DIR}; train first")
+    checkpoints = checkpoint.Checkpoints(
+        workdir, keep=loop.keep_checkpoints, keep_best=loop.keep_best_checkpoint, read_only=loop.eval_only
+    )
     try:
+        state = _initial_state(experiment, tx, runner, checkpoints)
+        start = int(state.step.addressable_data(0))
         if loop.eval_only:
-            if checkpoints.latest_step() is None:
-                raise FileNotFoundError(f"eval_only: no checkpoint in {checkpoints.directory}")
             result = evaluate_now(runner.from_global(state))
-            writer.write(start, result)
-            return result
-        batches = data.train_batches(
-            source,
-            experiment.data,
-            seed=loop.seed,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            start_step=start,
-        )
-        state, result = _train(experiment, runner, runner.from_global(state), batches, start, total_steps,
-                               schedule, checkpoints, writer, evaluate_now)
+            _record_evaluation(workdir, start, result)
+            return {**result, "step": start}
+        if start >= total_steps:
+            final = _final_evaluation(workdir, start) or evaluate_now(runner.from_global(state))
+            exported = dict(model_path=export_path) if to_path(export_path).exists() else {}
+            return {**final, "step": start, "finished_before": True, **exported}
+        checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
+        try:
+            batches = data.train_batches(
+                source,
+                experiment.data,
+                seed=loop.seed,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                start_step=start,
+            )
+            state, result = _train(experiment, runner, runner.from_global(state), batches, start, total_steps,
+                                   schedule, checkpoints, writer, evaluate_now, workdir)
+        finally:
+            writer.close()
         state = runner.fetch(state)
-        if int(state.step) == total_steps and jax.process_index() == 0:
-            path = loop.export_path or str(to_path(workdir) / weights.MODEL_FILE)
-            weights.save_model(path, model, {"params": state.eval_params(), "batch_stats": state.batch_stats})
-        return result
+        step = int(state.step)
+        if step < total_steps:
+            return {**result, "step": step, "stopped": True, "checkpoint_dir": str(checkpoints.directory)}
+        variables, which = exported_variables(state, result)
+        if jax.process_index() == 0:
+            weights.save_model(export_path, model, variables)
+        return {**result, "step": step, "model_path": export_path, "model_variables": which}
     finally:
         checkpoints.close()
+
+
+def _check_workdir(workdir: str) -> None:
+    """Raise a NotADirectoryError when `workdir` exists and is not a directory."""
+    path = to_path(workdir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"workdir {workdir} is a file; pass a directory (new or a run's) as --workdir")
+
+
+def _final_evaluation(workdir: str, step: int) -> dict[str, Any]:
+    """The evaluation metrics.jsonl records at `step`, or {} when there is none."""
+    if not (to_path(workdir) / METRICS_FILE).exists():
+        return {}
+    records = [r for r in read_metrics(workdir) if r["step"] == step and "eval_accuracy" in r]
+    return {k: v for k, v in records[-1].items() if k != "step"} if records else {}
+
+
+def _record_evaluation(workdir: str, step: int, result: dict[str, float]) -> None:
+    """Append an eval_only evaluation to the workdir's metrics; a read-only workdir only gets a note."""
+    try:
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+    except OSError as error:
+        print(f"workdir {workdir} is not writable ({error}); the evaluation is printed, not recorded", file=sys.stderr)
+        return
+    try:
+        writer.write(step, result)
+    finally:
         writer.close()
 
 
@@ -144,12 +225,19 @@ def _train(
     checkpoints: checkpoint.Checkpoints,
     writer: MetricWriter,
     evaluate_now: Callable[[TrainState], dict[str, float]],
+    workdir: str,
 ) -> tuple[TrainState, dict[str, float]]:
-    """Steps `start + 1 .. total_steps`, with logging, evaluation, checkpoints and preemption."""
+    """Steps `start + 1 .. total_steps`, with logging, evaluation, checkpoints and preemption.
+
+    Log rows fall on the same steps and average the same steps whether or not the run was
+    stopped and resumed in between: a stop between two rows holds its steps' metrics for the
+    next row.
+    """
     loop = experiment.loop
     dropout_rng = jax.random.fold_in(jax.random.key(loop.seed), 1)
     watch = PreemptionWatch()
     pending: list[tuple[int, dict]] = []
+    held = _held_unlogged(workdir, start)
     result: dict[str, float] = {}
     interval_start, interval_steps = time.perf_counter(), 0
     try:
@@ -167,14 +255,19 @@ def _train(
                 continue
             # Fetching the metrics is the only host synchronisation, and it precedes every save:
             # a non-finite state is never checkpointed.
-            summary = _summarise(runner, pending, experiment.step.skip_nonfinite_updates)
-            elapsed = time.perf_counter() - interval_start
-            summary.update(
-                learning_rate=float(schedule(step - 1)),
-                images_per_second=interval_steps * experiment.data.batch_size / elapsed,
-            )
-            writer.write(step, summary)
-            pending, interval_start, interval_steps = [], time.perf_counter(), 0
+            host = held + _host_metrics(runner, pending, experiment.step.skip_nonfinite_updates)
+            pending, held = [], []
+            if log_now:
+                elapsed = time.perf_counter() - interval_start
+                summary = _summarise(host)
+                summary.update(
+                    learning_rate=float(schedule(step - 1)),
+                    images_per_second=interval_steps * experiment.data.batch_size / elapsed,
+                )
+                writer.write(step, summary)
+                interval_steps = 0
+            else:
+                _hold_unlogged(workdir, host)
             eval_metrics = evaluate_now(state) if evaluate_step else None
             if eval_metrics:
                 writer.write(step, eval_metrics)
@@ -183,7 +276,6 @@ def _train(
                 checkpoints.save(runner.to_global(state), eval_metrics)
             if stop:
                 checkpoints.wait()
-                print(f"Stopped by SIGTERM after step {step}; checkpoint saved in {checkpoints.directory}.")
                 break
             interval_start = time.perf_counter()
     finally:

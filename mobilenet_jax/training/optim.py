@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 from flax import traverse_util
 
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
@@ -36,6 +37,7 @@ class OptimizerSpec:
     warmup_epochs: float = 0.0
     lr_decay_rate: float = 0.94
     lr_decay_epochs: float = 3.0
+    lr_floor: float = 0.0  # the rate never falls below lr_floor * the peak rate
     num_epochs: float = 300.0
     num_train_steps: int = -1  # > 0 overrides num_epochs
     momentum: float = 0.9
@@ -66,11 +68,18 @@ class OptimizerSpec:
         if not self.backbone_lr_multiplier >= 0:
             raise ValueError(f"backbone_lr_multiplier must be >= 0, got {self.backbone_lr_multiplier}; e.g. 0.1")
         check_choice("lr_schedule", self.lr_schedule, SCHEDULES)
-        for field in ("learning_rate", "weight_decay", "warmup_epochs", "grad_clip_norm"):
+        for field in ("learning_rate", "weight_decay", "warmup_epochs", "grad_clip_norm", "lr_floor"):
             if not getattr(self, field) >= 0:
                 raise ValueError(
                     f"{field} must be >= 0, got {getattr(self, field)}; set --config.{field}=<value >= 0>"
                 )
+        if self.num_train_steps == 0 or self.num_train_steps < -1:
+            raise ValueError(
+                f"num_train_steps must be > 0, or -1 to train num_epochs, got {self.num_train_steps}; "
+                "set --config.num_train_steps"
+            )
+        if self.lr_floor > 1:
+            raise ValueError(f"lr_floor must be in [0, 1] (a fraction of the peak rate), got {self.lr_floor}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr_schedule == "exponential":
@@ -113,7 +122,9 @@ def create_learning_rate_schedule(spec: OptimizerSpec, steps_per_epoch: int) -> 
     As in TF (and the tensorflow/tpu MobileNet recipe) the decay counts steps from the start of
     the run, not from the end of warm-up; warm-up ramps to the decayed rate its last step has, so
     the schedule has no jump. "exponential" is TF's staircase lr * rate ** floor(epoch / epochs),
-    "cosine" reaches 0 at the last step, "constant" only warms up.
+    "cosine" reaches 0 at the last step, "constant" only warms up; none falls below
+    `lr_floor` times the peak rate (the TF reference's floor, 1e-4). A warm-up longer than the
+    run is cut to the run's first half, with a warning.
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}; lower batch_size")
@@ -123,10 +134,11 @@ def create_learning_rate_schedule(spec: OptimizerSpec, steps_per_epoch: int) -> 
     if warmup_steps == 0:
         return decay
     if warmup_steps > total_steps:
-        raise ValueError(
-            f"warmup_epochs={spec.warmup_epochs} is {warmup_steps} steps, longer than the run's "
-            f"{total_steps}; lower warmup_epochs or train longer"
+        logging.warning(
+            "warmup_epochs=%s is %d steps, longer than the run's %d: warming up over its first half instead",
+            spec.warmup_epochs, warmup_steps, total_steps,
         )
+        warmup_steps = max(1, total_steps // 2)
     peak = decay(warmup_steps)
 
     def schedule(step: jax.typing.ArrayLike) -> jax.Array:
@@ -138,15 +150,19 @@ def create_learning_rate_schedule(spec: OptimizerSpec, steps_per_epoch: int) -> 
 def _decay_schedule(spec: OptimizerSpec, peak: float, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """The schedule of spec.lr_schedule without warm-up, starting at `peak` on step 0."""
     if spec.lr_schedule == "exponential":
-        return optax.exponential_decay(
+        decay = optax.exponential_decay(
             peak,
             transition_steps=max(1, round(spec.lr_decay_epochs * steps_per_epoch)),
             decay_rate=spec.lr_decay_rate,
             staircase=True,
         )
-    if spec.lr_schedule == "cosine":
-        return optax.cosine_decay_schedule(peak, decay_steps=total_steps)
-    return optax.constant_schedule(peak)
+    elif spec.lr_schedule == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps=total_steps)
+    else:
+        decay = optax.constant_schedule(peak)
+    if spec.lr_floor == 0:
+        return decay
+    return lambda step: jnp.maximum(decay(step), spec.lr_floor * peak)
 
 
 def weight_decay_mask(params: Any, *, decay_depthwise: bool) -> Any:

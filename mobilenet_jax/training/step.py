@@ -70,7 +70,8 @@ def train_step(
     With `sync_batch_stats=False` each device normalises with its own batch statistics (the
     model must then have `bn_axis_name=None`) and the running averages are averaged afterwards,
     so the state stays identical on every device. With `skip_nonfinite_updates` a step whose
-    loss or gradients are not finite leaves the state unchanged except the step counter.
+    loss or gradients are not finite leaves the state unchanged except the step counters.
+    With an EMA (`state.ema_decay` > 0) the average is updated after the optimizer step.
     With `freeze_batch_stats` the model runs in inference mode, as Keras fine-tunes: BatchNorm
     normalises with its running statistics, which stay as they are, and dropout is off.
     """
@@ -99,18 +100,13 @@ def train_step(
 
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = state.ema_params
-    if state.ema_decay > 0:
-        ema_params = optax.incremental_update(params, state.ema_params, 1.0 - state.ema_decay)
     new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state, ema_params=ema_params
-    )
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    ).update_ema()
 
     finite = jnp.isfinite(loss) & _all_finite(grads)
     if skip_nonfinite_updates:
-        new_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), new_state, state.replace(step=state.step + 1)
-        )
+        new_state = _keep_finite(finite, new_state, state)
     metrics = {
         "train_loss": loss,
         "train_accuracy": accuracy,
@@ -120,19 +116,41 @@ def train_step(
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) -> Metrics:
-    """Sums over the real (mask True) examples of `batch`: loss, top-1 and top-5 hits, count.
+def _keep_finite(finite: jax.Array, new: TrainState, old: TrainState) -> TrainState:
+    """`new` if `finite`, else `old` with only the step counters advanced: the state's step and
+    the optimizer's schedule counts, so that the learning rate stays the one logged for the step."""
+    pick = lambda a, b: jnp.where(finite, a, b)
+    is_schedule = lambda node: isinstance(node, optax.ScaleByScheduleState)
+    opt_state = jax.tree.map(
+        lambda n, o: n if is_schedule(n) else pick(n, o), new.opt_state, old.opt_state, is_leaf=is_schedule
+    )
+    kept = jax.tree.map(pick, new.replace(opt_state=None), old.replace(step=new.step, opt_state=None))
+    return kept.replace(opt_state=opt_state)
 
-    Sums rather than means, so that padded final batches and uneven shards count exactly.
-    """
-    variables = {"params": state.eval_params(), "batch_stats": state.batch_stats}
-    logits = predict(state.apply_fn, variables, batch["image"])
-    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+
+def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
+    """Loss, top-1 and top-5 hits summed over the examples where `mask` is 1."""
     top5 = lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    sums = {
+    return {
         "loss": jnp.sum(cross_entropy(logits, labels) * mask),
         "top1": jnp.sum((top5[:, 0] == labels) * mask),
         "top5": jnp.sum(jnp.any(top5 == labels[:, None], axis=-1) * mask),
-        "count": jnp.sum(mask),
     }
+
+
+def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) -> Metrics:
+    """Sums over the real (mask True) examples of `batch`: loss, top-1 and top-5 hits, count.
+
+    With an EMA these are the EMA variables' and the raw ones' come as `loss_raw`, `top1_raw`,
+    `top5_raw`, from the same batch. Sums rather than means, so that padded final batches and
+    uneven shards count exactly.
+    """
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    raw = _sums(predict(state.apply_fn, state.variables(), batch["image"]), labels, mask)
+    if state.ema is None:
+        sums = raw
+    else:
+        sums = _sums(predict(state.apply_fn, state.variables(ema=True), batch["image"]), labels, mask)
+        sums.update({f"{name}_raw": value for name, value in raw.items()})
+    sums["count"] = jnp.sum(mask)
     return sums if axis_name is None else lax.psum(sums, axis_name)

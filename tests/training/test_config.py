@@ -36,17 +36,39 @@ def test_recipes_resolve_and_build_an_optimizer(recipe):
 
 
 def test_default_is_the_cloud_tpu_recipe():
+    """tensorflow/tpu models/official/mobilenet/mobilenet.py with mobilenet_v1_arg_scope() defaults."""
     config = load("default")
-    assert (config.optimizer, config.rmsprop_decay, config.momentum, config.rmsprop_epsilon) == (
-        "rmsprop",
-        0.9,
-        0.9,
-        1.0,
-    )
-    assert optim.scaled_learning_rate(config_gate.resolve(config).optimizer) == pytest.approx(0.165)
+    experiment = config_gate.resolve(config)
+    assert (config.optimizer, config.rmsprop_decay, config.momentum, config.rmsprop_epsilon) == ("rmsprop", 0.9, 0.9, 1.0)
+    assert optim.scaled_learning_rate(experiment.optimizer) == pytest.approx(0.66)  # 0.165 * 1024 / 256
     assert (config.lr_schedule, config.lr_decay_rate, config.lr_decay_epochs) == ("exponential", 0.94, 3.0)
-    assert (config.weight_decay, config.weight_decay_depthwise, config.ema_decay) == (4e-5, False, 0.9999)
-    assert (config.image_size, config.model.alpha, config.label_smoothing) == (224, 1.0, 0.0)
+    assert (config.warmup_epochs, config.lr_floor) == (0.0, 1e-4)
+    assert (config.weight_decay, config.weight_decay_depthwise) == (4e-5, False)
+    assert (config.label_smoothing, config.ema_decay) == (0.1, 0.995)
+    assert experiment.model_fields["dropout_rate"] == pytest.approx(1 - 0.999)
+    assert (config.model.bn_momentum, config.model.bn_epsilon, config.model.init_stddev) == (0.9997, 1e-3, 0.09)
+    assert (config.image_size, config.model.alpha) == (224, 1.0)
+    schedule = optim.create_learning_rate_schedule(experiment.optimizer, steps_per_epoch=1251)
+    assert float(schedule(0)) == pytest.approx(0.66)  # no warm-up
+    assert float(schedule(3 * 1251)) == pytest.approx(0.66 * 0.94)
+    assert float(schedule(99 * 3 * 1251)) == pytest.approx(0.66 * 0.94**99)  # the 300th epoch: 0.0021 x
+    assert float(schedule(200 * 3 * 1251)) == pytest.approx(0.66 * 1e-4)  # 0.94 ** 200 is below the floor
+
+
+@pytest.mark.parametrize("recipe", ["sgd", "adamw"])
+def test_the_alternatives_keep_their_pytorch_style_training(recipe):
+    config = load("default", recipe)
+    assert (config.warmup_epochs, config.lr_floor, config.label_smoothing, config.ema_decay) == (5.0, 0.0, 0.0, 0.9999)
+    assert (config.model.bn_momentum, config.model.bn_epsilon, config.model.init_stddev) == (0.9, 1e-5, 0.0)
+    assert config.model.dropout_rate == 1e-3
+
+
+def test_digits_trains_as_its_readme_figures_were_measured():
+    config = load("digits")
+    assert (config.optimizer, config.learning_rate, config.lr_schedule, config.warmup_epochs) == ("sgd", 0.4, "cosine", 1.0)
+    assert (config.lr_floor, config.label_smoothing, config.ema_decay, config.weight_decay) == (0.0, 0.0, 0.0, 5e-5)
+    assert (config.model.bn_momentum, config.model.bn_epsilon, config.model.init_stddev) == (0.9, 1e-5, 0.0)
+    assert (config.model.dropout_rate, config.model.alpha, config.image_size) == (0.0, 0.25, 32)
 
 
 def test_hardware_configs_keep_the_rate_per_256_images():
@@ -93,6 +115,8 @@ def test_resolved_config_is_locked():
         ("normalization", "torch", r"normalization must be one of .*'imagenet'.*got 'torch'"),
         ("parallelism", "pjit", r"unknown parallelism 'pjit'.*\['jit', 'pmap'\]"),
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
+        ("num_train_steps", 0, r"num_train_steps must be > 0, or -1 to train num_epochs, got 0"),
+        ("lr_floor", 2.0, r"lr_floor must be in \[0, 1\]"),
     ],
 )
 def test_bad_names_raise_with_the_fix(field, value, match):

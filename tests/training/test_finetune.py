@@ -113,7 +113,8 @@ def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matche
     np.testing.assert_array_equal(state.batch_stats["stem"]["bn"]["mean"], loaded["batch_stats"]["stem"]["bn"]["mean"])
     expected = loaded["params"] if num_classes == 7 else fresh.params
     np.testing.assert_array_equal(state.params["classifier"]["kernel"], expected["classifier"]["kernel"])
-    np.testing.assert_array_equal(state.ema_params["stem"]["conv"]["kernel"], state.params["stem"]["conv"]["kernel"])
+    np.testing.assert_array_equal(state.ema["params"]["stem"]["conv"]["kernel"], state.params["stem"]["conv"]["kernel"])
+    np.testing.assert_array_equal(state.ema["batch_stats"]["stem"]["bn"]["mean"], state.batch_stats["stem"]["bn"]["mean"])
 
 
 def test_weights_of_another_width_are_refused_naming_the_variable(converted):
@@ -139,7 +140,7 @@ def fresh_state(model: MobileNetV1, tx: optax.GradientTransformation, ema_decay:
     variables = random_variables(model, 1)
     return TrainState.create(
         apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"],
-        ema_params=variables["params"] if ema_decay else None, ema_decay=ema_decay,
+        ema=variables if ema_decay else None, ema_decay=ema_decay,
     )
 
 

@@ -63,7 +63,7 @@ def test_pmap_and_shard_map_steps_are_identical(runs):
     same(state_jit.params, state_pmap.params)
     same(state_jit.batch_stats, state_pmap.batch_stats)
     same(state_jit.opt_state, state_pmap.opt_state)
-    same(state_jit.ema_params, state_pmap.ema_params)
+    same(state_jit.ema, state_pmap.ema)
     same(metrics_jit, metrics_pmap)
     chex.assert_trees_all_equal(sums_jit, sums_pmap)
 
