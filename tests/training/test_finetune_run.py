@@ -9,7 +9,6 @@ class count, so it is re-initialised and only the backbone transfers.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
@@ -18,7 +17,7 @@ from PIL import Image
 
 from mobilenet_jax.data.sources import digits_arrays
 from mobilenet_jax.training.metrics import read_metrics
-from tiny_runs import ROOT, start_training
+from tiny_runs import one_device_env, start_training
 
 pytestmark = pytest.mark.slow
 
@@ -58,15 +57,7 @@ def folders(tmp_path_factory) -> dict[str, pathlib.Path]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """One CPU device and a compilation cache shared by the runs (the second seed compiles nothing)."""
-    return dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    return one_device_env(tmp_path_factory.mktemp("xla_cache"))
 
 
 def train(workdir: pathlib.Path, env: dict[str, str], flags: tuple[str, ...]) -> dict:

@@ -29,7 +29,7 @@ from mobilenet_jax.training import checkpoint
 from mobilenet_jax.training.metrics import read_metrics
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.training.state import create_train_state
-from tiny_runs import ROOT, start_training, tiny_flags
+from tiny_runs import ROOT, one_device_env, start_training, tiny_flags
 
 pytestmark = pytest.mark.slow
 
@@ -44,15 +44,7 @@ TIMEOUT = 300
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
     """One CPU device and a compilation cache shared by every run of the module."""
-    return dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=1",
-        JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("xla_cache")),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+    return one_device_env(tmp_path_factory.mktemp("xla_cache"))
 
 
 def start(workdir: pathlib.Path, env: dict[str, str], *overrides: str) -> subprocess.Popen:

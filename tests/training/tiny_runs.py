@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -29,3 +30,16 @@ def start_training(workdir: pathlib.Path, env: dict[str, str], flags: tuple[str,
     """`python train.py` with `flags` on `workdir`, in the background, output captured."""
     command = [sys.executable, "train.py", *flags, f"--workdir={workdir}"]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def one_device_env(cache_dir: pathlib.Path) -> dict[str, str]:
+    """One CPU device and a persistent compilation cache in `cache_dir`, so later runs compile nothing."""
+    return dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        JAX_PLATFORMS="cpu",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
