@@ -130,10 +130,10 @@ def _epochs(part: Part, seed: int, start: int, cache: bool) -> tf.data.Dataset:
     buffer = part.count if cache else part.shuffle_buffer
 
     def epoch(index: tf.Tensor) -> tf.data.Dataset:
-        file_seed, shuffle_seed = tf.unstack(
-            tf.random.stateless_uniform(
-                [2], seed=tf.stack([tf.constant(seed, tf.int64), index]), minval=None, dtype=tf.int64
-            )
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        shuffle_seed = tf.random.stateless_uniform([], seed=epoch_seed, minval=None, dtype=tf.int64)
+        file_seed = tf.random.stateless_uniform(
+            [], seed=tf.random.experimental.stateless_fold_in(epoch_seed, 1), minval=None, dtype=tf.int64
         )
         records = part.read(file_seed) if cached is None else cached
         return records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
