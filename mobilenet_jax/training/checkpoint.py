@@ -7,14 +7,17 @@ checkpoints are kept, and optionally the best one by evaluation accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jax
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+from tqdm import tqdm
 
 from mobilenet_jax.paths import to_path
 from mobilenet_jax.training.state import TrainState
@@ -62,11 +65,13 @@ class Checkpoints:
             enable_async_checkpointing=True,
             cleanup_tmp_directories=not read_only,
             read_only=read_only,
+            save_interval_steps=0 if read_only else 1,
             create=not read_only,
         )
         self.directory = to_path(workdir) / CHECKPOINT_DIR
         self._damaged: set[int] = set()
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _without_log_lines("Given directory is read only"):  # what read_only asked for, not news
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -80,7 +85,7 @@ class Checkpoints:
         """Start an asynchronous save of `state` at its step; `metrics` feed the best-checkpoint choice."""
         step = int(state.step.addressable_data(0))  # this process's copy of a replicated scalar
         if step in self._damaged:
-            print(
+            tqdm.write(  # on a line of its own, above a progress bar if one is drawn
                 f"checkpoint {step} in {self.directory} is damaged and left as it is: the state of step {step} "
                 "is not saved; move that folder away to let the run save it",
                 file=sys.stderr,
@@ -105,6 +110,7 @@ class Checkpoints:
             try:
                 restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
             except Exception as error:  # Orbax and TensorStore raise many types for a damaged file
+                _silence_abandoned_reads()
                 reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
                 skipped.append(f"{candidate} ({reason})")
                 self._damaged.add(candidate)
@@ -127,6 +133,44 @@ class Checkpoints:
     def close(self) -> None:
         """Finish pending saves and release the manager."""
         self._manager.close()
+
+
+@contextlib.contextmanager
+def _without_log_lines(prefix: str) -> Iterator[None]:
+    """Orbax's log records starting with `prefix` dropped while the block runs."""
+    logger = logging.getLogger("absl")
+    drop = lambda record: not record.getMessage().startswith(prefix)  # noqa: E731
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def _silence_abandoned_reads() -> None:
+    """Drop the echoes of a failed restore, once one has failed; nothing else is filtered.
+
+    When one array of a checkpoint cannot be read, Orbax closes its event loop while TensorStore
+    still finishes the checkpoint's other reads: each of those reports "Event loop is closed" as
+    an unraisable exception, and asyncio logs every failed read task again. Both only repeat the
+    one-line report `restore` prints, and may arrive after it returns, so they stay filtered for
+    the rest of the process.
+    """
+    if getattr(sys.unraisablehook, "drops_abandoned_reads", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(
+        lambda record: not (record.getMessage().startswith("Task exception was never retrieved")
+                            and "async_deserialize" in record.getMessage())
+    )
 
 
 def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
