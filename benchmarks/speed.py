@@ -1,19 +1,25 @@
-"""Training and inference throughput of the Flax model against PyTorch, in one process.
+"""Training and inference throughput of the Flax model against its peers, in one process.
 
-    python -m benchmarks.speed --batch 32 --steps 3 --repeats 5 --json bench.json
+    python -m benchmarks.speed --batch 32 --steps 3 --repeats 5 --memory --json bench.json
 
-Exported models join the inference contenders ("infer" at `--batch`, "latency" at batch 1):
-ONNX Runtime and LiteRT (XNNPACK), float32 and int8, each with `os.cpu_count()` threads, from
-the same weights as the JAX model (`--runtimes`, `--export-kinds`; int8 calibrated on random
-images, which sets speed, not accuracy). Every contender is timed by the same helper, interleaved round by round (one timed block of
-`--steps` calls per contender per round), so machine load hits JAX and PyTorch alike. The first
-call of each contender is the warm-up; for JAX its excess over the steady-state median is
-reported as compile time. PyTorch runs in float32 with `torch.set_num_threads(os.cpu_count())`.
+Contenders: the project's train step and its inference, both through `predict` (the project's
+path) and as plain `jax.jit(model.apply)`; PyTorch eager and `torch.compile`; and exported
+models on ONNX Runtime and LiteRT (XNNPACK), float32 and int8, each with `os.cpu_count()`
+threads, from the same weights as the JAX model (`--runtimes`, `--export-kinds`; int8 calibrated
+on random images, which sets speed, not accuracy). "infer" runs at `--batch`, "latency" at
+batch 1. Every contender is timed by the same helper, interleaved round by round (one timed
+block of `--steps` calls per contender per round), so machine load hits all alike. The first
+call is the warm-up; for JAX its excess over the steady-state median is reported as compile
+time. PyTorch runs in float32 with `torch.set_num_threads(os.cpu_count())`. Each rate is also
+given as a share of XLA's float32 matrix-product rate measured in the same process, and with
+`--memory` each contender's peak resident memory is measured in a process of its own
+(`benchmarks.memory`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -31,16 +37,20 @@ import numpy as np
 import optax
 import torch
 
+from benchmarks import memory
 from benchmarks.timing import (
     LEARNING_RATE,
     MOMENTUM,
     NUM_CLASSES,
     Contender,
+    jax_apply,
     jax_infer,
     jax_train,
+    matmul_gflops,
     measure,
     random_batch,
 )
+from mobilenet_jax.counts import count
 from mobilenet_jax.interop.torch_reference import TorchMobileNetV1
 from mobilenet_jax.model import MobileNetV1
 
@@ -87,61 +97,96 @@ def torch_models(alpha: float, compiled: bool) -> dict[str, Callable[[], torch.n
     return factories
 
 
-def exported_runner(runtime: str, kind: str, model: MobileNetV1, images: np.ndarray) -> Callable[[], Any]:
-    """An exported copy of the JAX benchmark model on `runtime`, called on `images`."""
+def exported_model(runtime: str, kind: str, model: MobileNetV1, images: np.ndarray) -> bytes:
+    """The JAX benchmark model exported for `runtime` (a LiteRT flatbuffer or an ONNX model)."""
     from mobilenet_jax.export import Deployable
-    from mobilenet_jax.export.onnx import OnnxModel, export_onnx
-    from mobilenet_jax.export.tflite import TFLiteModel, export_tflite
+    from mobilenet_jax.export.onnx import export_onnx
+    from mobilenet_jax.export.tflite import export_tflite
 
     deployable = Deployable(model, model.init(jax.random.key(0), images[:1]), images.shape[1])
     calibration = [random_batch(max(8, len(images)), images.shape[1], seed=1)[0]]
-    threads = os.cpu_count()
     if runtime == "litert":
-        runner = TFLiteModel(export_tflite(deployable, kind=kind, calibration=calibration), threads)
-    elif runtime == "onnxruntime":
-        flat = export_onnx(deployable, kind=kind, calibration=calibration, batch_size=len(images))
-        runner = OnnxModel(flat, threads)
-    else:
-        raise ValueError(f"unknown runtime {runtime!r}; choose litert or onnxruntime")
+        return export_tflite(deployable, kind=kind, calibration=calibration)
+    if runtime == "onnxruntime":
+        return export_onnx(deployable, kind=kind, calibration=calibration, batch_size=len(images))
+    raise ValueError(f"unknown runtime {runtime!r}; choose litert or onnxruntime")
+
+
+def exported_runner(runtime: str, flat: bytes, images: np.ndarray) -> Callable[[], Any]:
+    """An exported model on its runtime, called on `images`."""
+    from mobilenet_jax.export.onnx import OnnxModel
+    from mobilenet_jax.export.tflite import TFLiteModel
+
+    runner = (TFLiteModel if runtime == "litert" else OnnxModel)(flat, os.cpu_count())
     return lambda: runner(images)
 
 
-def exported_contenders(args: argparse.Namespace, images: np.ndarray) -> list[Contender]:
-    """Inference and latency contenders of every exported runtime and kind; failures are reported."""
+@dataclasses.dataclass(frozen=True)
+class Planned:
+    """A contender not built yet: `make(prepare())` compiles or loads it and returns its call.
+
+    `prepare` holds the work that is not the contender's own (exporting a model), so that a
+    memory probe can leave it out.
+    """
+
+    name: str
+    kind: str
+    images: int
+    make: Callable[[Any], Callable[[], Any]]
+    prepare: Callable[[], Any] = lambda: None
+
+    def build(self, prepared: Any = None) -> Contender:
+        """The contender, or one that carries the reason it could not be built."""
+        try:
+            return Contender(self.name, self.kind, self.images,
+                             self.make(self.prepare() if prepared is None else prepared))
+        except Exception as e:  # noqa: BLE001 - a failing export or backend is reported, not fatal
+            return Contender(self.name, self.kind, self.images, lambda: None,
+                             error=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+
+
+def exported_plan(args: argparse.Namespace, images: np.ndarray) -> list[Planned]:
+    """Inference and latency contenders of every exported runtime and kind."""
     sizes = {"infer": args.batch, "latency": 1}
-    contenders = []
-    for kind in (k for k in args.kinds if k in sizes):
-        for runtime in args.runtimes:
-            for export_kind in args.export_kinds:
-                name, count = f"{runtime} {export_kind}", sizes[kind]
-                model = jax_model(args.alpha, "conv", "float32")
-                try:
-                    contenders.append(Contender(name, kind, count, exported_runner(runtime, export_kind, model,
-                                                                                   images[:count])))
-                except Exception as e:  # noqa: BLE001 - a failing export is reported, not fatal
-                    contenders.append(Contender(name, kind, count, lambda: None, error=f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"))
-    return contenders
+    return [
+        Planned(f"{runtime} {export_kind}", kind, sizes[kind],
+                functools.partial(exported_runner, runtime, images=images[:sizes[kind]]),
+                functools.partial(exported_model, runtime, export_kind, jax_model(args.alpha, "conv", "float32"),
+                                  images[:sizes[kind]]))
+        for kind in args.kinds if kind in sizes
+        for runtime in args.runtimes
+        for export_kind in args.export_kinds
+    ]
 
 
-def build_contenders(args: argparse.Namespace) -> list[Contender]:
-    """Train, batch inference and batch-1 latency contenders for every JAX variant and PyTorch."""
+def plan(args: argparse.Namespace) -> list[Planned]:
+    """Train, batch inference and batch-1 latency contenders for every JAX variant and PyTorch.
+
+    JAX inference is timed twice: through `predict` (the project's path, in chunks where the
+    backend table says so) and as plain `jax.jit(model.apply)` on the whole batch.
+    """
     images, labels = random_batch(args.batch, args.resolution)
-    makers: dict[str, tuple[int, Callable[[Any], Callable[[], Any]]]] = {
-        "train": (args.batch, lambda m: pick(m, jax_train, torch_train)(m, images, labels)),
-        "infer": (args.batch, lambda m: pick(m, jax_infer, torch_infer)(m, images)),
-        "latency": (1, lambda m: pick(m, jax_infer, torch_infer)(m, images[:1])),
+    sizes = {"train": args.batch, "infer": args.batch, "latency": 1}
+    makers: dict[str, Callable[[Any, np.ndarray], Callable[[], Any]]] = {
+        "train": lambda m, x: pick(m, jax_train, torch_train)(m, x, labels[:len(x)]),
+        "infer": lambda m, x: pick(m, jax_infer, torch_infer)(m, x),
     }
+    makers["latency"] = makers["infer"]
     factories: dict[str, Callable[[], Any]] = {
         f"jax {impl} {dtype}": functools.partial(jax_model, args.alpha, impl, dtype)
         for dtype in args.dtypes
         for impl in args.impls
     }
     factories.update(torch_models(args.alpha, not args.skip_torch_compile))
-    return [
-        Contender(name, kind, makers[kind][0], makers[kind][1](factory()))
-        for kind in args.kinds
-        for name, factory in factories.items()
-    ] + exported_contenders(args, images)
+    planned = []
+    for kind in args.kinds:
+        x = images[:sizes[kind]]
+        for name, factory in factories.items():
+            planned.append(Planned(name, kind, len(x), lambda _, f=factory, k=kind, x=x: makers[k](f(), x)))
+            if kind != "train" and name.startswith("jax "):
+                planned.append(Planned(name.replace("jax ", "jax apply ", 1), kind, len(x),
+                                       lambda _, f=factory, x=x: jax_apply(f(), x)))
+    return planned + exported_plan(args, images)
 
 
 def pick(model: Any, for_jax: Callable, for_torch: Callable) -> Callable:
@@ -205,33 +250,49 @@ def ratios_per_round(result: dict[str, Any], base: dict[str, Any]) -> list[float
     return [b / s for s, b in zip(result["seconds"], base["seconds"])]
 
 
-def table(results: list[dict[str, Any]]) -> str:
-    """A plain-text table: throughput, spread, compile time and the speed ratio to PyTorch eager.
+def flops_per_image(args: argparse.Namespace, kind: str) -> float:
+    """Floating-point operations per image: 2 per mult-add forward; a train step counts three passes."""
+    forward = 2 * count(args.alpha, args.resolution, NUM_CLASSES).mult_adds
+    return 3 * forward if kind == "train" else forward
 
-    "vs eager" is the ratio of the median throughputs; "per round" is the median (min-max) of
-    the ratios taken round by round (`ratios_per_round`), the figure to trust on a machine
-    whose speed drifts.
+
+def _ratio(result: dict[str, Any], base: dict[str, Any] | None) -> str:
+    """`result` against `base`: median per-round ratio (min-max), or "-"."""
+    if not base or base is result:
+        return "-" if not base else "1.00x"
+    rounds = ratios_per_round(result, base)
+    return f"{statistics.median(rounds):.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
+
+
+def table(results: list[dict[str, Any]], ceiling_gflops: float | None = None,
+          flops: Callable[[str], float] | None = None) -> str:
+    """A plain-text table: throughput, spread, compile time, peak memory, the share of the
+    matrix-product ceiling, and speed ratios to PyTorch eager and to ONNX Runtime float32.
+
+    Ratios are medians (min-max) of the ratios taken round by round (`ratios_per_round`), the
+    figure to trust on a machine whose speed drifts. "% ceiling" is the contender's rate in
+    GFLOP/s over XLA's float32 2048^3 matrix product measured in the same process.
     """
-    eager = {r["kind"]: r for r in results if r["name"] == "torch eager" and "error" not in r}
+    def baseline(name: str) -> dict[str, dict[str, Any]]:
+        return {r["kind"]: r for r in results if r["name"] == name and "error" not in r}
+
+    eager, ort = baseline("torch eager"), baseline("onnxruntime float32")
     lines = [
-        f"{'kind':8} {'contender':24} {'img/s':>8} {'ms/call':>9} {'min-max ms':>17} {'compile s':>9} "
-        f"{'vs eager':>8} {'per round (min-max)':>20}"
+        f"{'kind':8} {'contender':28} {'img/s':>8} {'ms/call':>9} {'min-max ms':>17} {'compile s':>9} "
+        f"{'peak MB':>8} {'% ceil':>6} {'vs torch eager':>20} {'vs onnxruntime':>20}"
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"{r['kind']:8} {r['name']:24} {r['error']}")
+            lines.append(f"{r['kind']:8} {r['name']:28} {r['error']}")
             continue
-        base = eager.get(r["kind"])
-        ratio, per_round = "-", "-"
-        if base:
-            ratio = f"{r['images_per_s'] / base['images_per_s']:.2f}x"
-            rounds = ratios_per_round(r, base)
-            per_round = f"{statistics.median(rounds):.2f}x ({min(rounds):.2f}-{max(rounds):.2f})"
         spread = f"{r['min_s'] * 1e3:.1f}-{r['max_s'] * 1e3:.1f}"
         compile_s = f"{r['compile_s']:.1f}" if r["name"].startswith("jax") or "compile" in r["name"] else "-"
+        peak = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else "-"
+        share = f"{100 * r['images_per_s'] * flops(r['kind']) / (ceiling_gflops * 1e9):.0f}%" if ceiling_gflops else "-"
         lines.append(
-            f"{r['kind']:8} {r['name']:24} {r['images_per_s']:8.2f} {r['median_s'] * 1e3:9.1f} {spread:>17} "
-            f"{compile_s:>9} {ratio:>8} {per_round:>20}"
+            f"{r['kind']:8} {r['name']:28} {r['images_per_s']:8.2f} {r['median_s'] * 1e3:9.1f} {spread:>17} "
+            f"{compile_s:>9} {peak:>8} {share:>6} {_ratio(r, eager.get(r['kind'])):>20} "
+            f"{_ratio(r, ort.get(r['kind'])):>20}"
         )
     return "\n".join(lines)
 
@@ -252,6 +313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export-kinds", type=lambda s: s.split(","), default=["float32", "int8"])
     parser.add_argument("--json", default=None, help="write all raw numbers here")
     parser.add_argument("--skip-torch-compile", action="store_true")
+    parser.add_argument("--memory", action="store_true",
+                        help="also measure each contender's peak resident memory, each in a fresh process")
+    parser.add_argument("--probe-memory", default=None, metavar="KIND:NAME", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -259,12 +323,31 @@ def main(argv: list[str] | None = None) -> None:
     """Measure, print the table and optionally write the JSON record."""
     args = parse_args(argv)
     torch.set_num_threads(os.cpu_count())
+    planned = plan(args)
+    if args.probe_memory:
+        kind, name = args.probe_memory.split(":", 1)
+        chosen = next(p for p in planned if (p.kind, p.name) == (kind, name))
+        prepared = chosen.prepare()
+        baseline_mb = memory.settled_resident_mb()
+        contender = chosen.build(prepared)
+        if not contender.error:
+            memory.report(memory.peak_of_call_mb(contender.run, baseline_mb))
+        return
     env = environment(args)
     print(f"{env['cpu']}, {env['cpu_count']} cores, torch threads {env['torch_threads']}, jax {jax.__version__}")
-    contenders = build_contenders(args)
+    contenders = [p.build() for p in planned]
+    ceilings = [matmul_gflops()]
     measure(contenders, args.steps, args.repeats)
+    ceilings.append(matmul_gflops())
+    env["matmul_gflops"] = ceilings
     results = [c.summary() for c in contenders]
-    print(table(results))
+    if args.memory:
+        argv_here = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--memory"]
+        for r in results:
+            if "error" not in r:
+                r["peak_mb"] = memory.probe(argv_here, r["kind"], r["name"])
+    print(f"XLA float32 2048^3 matrix product: {ceilings[0]:.0f} GFLOP/s before the rounds, {ceilings[1]:.0f} after")
+    print(table(results, max(ceilings), functools.partial(flops_per_image, args)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"environment": env, "results": results}, f, indent=2)

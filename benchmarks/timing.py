@@ -86,7 +86,7 @@ def random_batch(batch: int, resolution: int, seed: int = 0) -> tuple[np.ndarray
 def jax_train(model: MobileNetV1, images: np.ndarray, labels: np.ndarray) -> Callable[[], Any]:
     """The project's jitted train step (SGD momentum, donated state) as a no-argument call."""
     tx = optax.sgd(LEARNING_RATE, momentum=MOMENTUM)
-    state = [create_train_state(jax.random.key(0), model, tx, images.shape[1])]
+    state = [jax.jit(create_train_state, static_argnums=(1, 2, 3))(jax.random.key(0), model, tx, images.shape[1])]
     step = jax.jit(train_step, donate_argnums=0)
     batch = {"image": jnp.asarray(images), "label": jnp.asarray(labels)}
     rng = jax.random.key(1)
@@ -100,7 +100,28 @@ def jax_train(model: MobileNetV1, images: np.ndarray, labels: np.ndarray) -> Cal
 
 def jax_infer(model: MobileNetV1, images: np.ndarray, images_per_chunk: int | None | str = "auto") -> Callable[[], Any]:
     """The project's jitted eval-mode forward pass (`inference.predict`), as a no-argument call."""
-    variables = model.init(jax.random.key(0), images[:1])
+    variables = jax.jit(model.init)(jax.random.key(0), images[:1])
     forward = jax.jit(lambda v, x: predict(model.apply, v, x, images_per_chunk=images_per_chunk))
     x = jnp.asarray(images)
     return lambda: forward(variables, x).block_until_ready()
+
+
+def jax_apply(model: MobileNetV1, images: np.ndarray) -> Callable[[], Any]:
+    """Plain `jax.jit(model.apply)` in eval mode, the whole batch at once: what a user writes first."""
+    variables = jax.jit(model.init)(jax.random.key(0), images[:1])
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    x = jnp.asarray(images)
+    return lambda: forward(variables, x).block_until_ready()
+
+
+def matmul_gflops(size: int = 2048, calls: int = 10) -> float:
+    """XLA's best float32 matrix-product rate here (`size`^3, jitted): the ceiling figures are scaled by."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))
+    product = jax.jit(lambda a: a @ a)
+    product(a).block_until_ready()
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        product(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
