@@ -6,7 +6,9 @@
 
 Formats and kinds: stablehlo (float32, int8), savedmodel (float32), tflite (float32, float16,
 dynamic_int8, int8), onnx (float32, int8). `--calibration` and `--data` take "digits", an image
-folder `root/<class>/*.jpg` or a prepared TFDS name ("name" or "name:split").
+folder `root/<class>/*.jpg` or a prepared TFDS name ("name" or "name:split"). A model trained
+with --config.quantization=int8 needs no calibration for the stablehlo int8 kind: it uses the
+activation ranges it trained with.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 import numpy as np
 
-from mobilenet_jax.export.exporters import FORMATS, export
+from mobilenet_jax.export.exporters import FORMATS, export, uses_trained_ranges
 from mobilenet_jax.export.runtime import MissingRuntimeError
 
 RANDOM_IMAGES = 8
@@ -56,7 +58,11 @@ def run_check(args: argparse.Namespace) -> str:
         size = deployable.image_size
         images = np.random.default_rng(0).standard_normal((RANDOM_IMAGES, size, size, 3), np.float32)
     calibration = datasets.calibration_images(args.calibration, deployable) if args.calibration else None
-    exports = [e for e in check.ALL_EXPORTS if calibration is not None or e[1] != "int8"]
+    trained = uses_trained_ranges(deployable)  # a quantization-aware model: the JAX int8 needs no calibration
+    exports = [
+        (name, kind) for name, kind in check.ALL_EXPORTS
+        if calibration is not None or kind != "int8" or (trained and name == "stablehlo")
+    ]
     results = check.check_exports(deployable, images, labels, calibration, exports)
     source = f"{len(images)} images of {data}" if data else f"{len(images)} random images"
     return f"{args.weights} at {deployable.image_size}x{deployable.image_size}, {source}\n{check.format_table(results)}"

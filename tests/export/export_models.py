@@ -24,9 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import traverse_util
+
 from mobilenet_jax import MobileNetV1
 from mobilenet_jax.export import Deployable, folded_forward
 from mobilenet_jax.export.folding import float_conv
+from mobilenet_jax.model import is_activation_range
 
 BATCH = 2
 # Two widths at two non-224 sizes: every format is tested on both.
@@ -40,8 +43,11 @@ def images(size: int, count: int = BATCH, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, size, size, 3), dtype=np.float32)
 
 
-def realistic_deployable(alpha: float, size: int, num_classes: int = 10, seed: int = 0, **fields) -> Deployable:
-    """A MobileNet at `alpha` and `size` with random weights and data-derived BatchNorm statistics."""
+def realistic_deployable(
+    alpha: float, size: int, num_classes: int = 10, seed: int = 0, negative_scales: float = 0.0, **fields
+) -> Deployable:
+    """A MobileNet at `alpha` and `size` with random weights and data-derived BatchNorm statistics;
+    a fraction `negative_scales` of the BatchNorm scales (gamma) negative."""
     model = MobileNetV1(num_classes=num_classes, alpha=alpha, **fields)
     x = images(size, 8, seed + 1)
     shapes = jax.eval_shape(model.init, jax.random.key(seed), x[:1])["params"]
@@ -53,7 +59,10 @@ def realistic_deployable(alpha: float, size: int, num_classes: int = 10, seed: i
             fan_in = int(np.prod(leaf.shape[:-1]))
             return rng.normal(0, np.sqrt(2 / fan_in), leaf.shape).astype(np.float32)
         if name == "scale":
-            return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+            scale = rng.uniform(0.5, 1.5, leaf.shape)
+            if negative_scales:
+                scale = np.where(rng.uniform(size=leaf.shape) < negative_scales, -scale, scale)
+            return scale.astype(np.float32)
         mean = BATCHNORM_BIAS_MEAN if path[0].key != "classifier" else 0.0
         return rng.normal(mean, 0.2, leaf.shape).astype(np.float32)
 
@@ -75,3 +84,20 @@ def realistic_deployable(alpha: float, size: int, num_classes: int = 10, seed: i
     for block in (k for k in params if k.startswith("block")):
         batch_stats[block] = {p: stats[block, p] for p in ("depthwise", "pointwise")}
     return Deployable(model, {"params": params, "batch_stats": batch_stats}, image_size=size)
+
+
+def quantization_aware(deployable: Deployable, passes: int = 2, seed: int = 10) -> Deployable:
+    """`deployable` made quantization-aware (int8), its activation ranges tracked by `passes`
+    train-mode passes over 8 random images each (BatchNorm statistics move with them)."""
+    model = deployable.model.clone(quantization="int8")
+    size = deployable.image_size
+    shapes = jax.eval_shape(model.init, jax.random.key(0), images(size, 1))["batch_stats"]
+    stats = traverse_util.flatten_dict(deployable.variables["batch_stats"], sep="/")
+    ranges = {path: np.zeros(leaf.shape, leaf.dtype)
+              for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items() if is_activation_range(path)}
+    variables = {"params": deployable.variables["params"],
+                 "batch_stats": traverse_util.unflatten_dict({**stats, **ranges}, sep="/")}
+    update = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[1]["batch_stats"])
+    for index in range(passes):
+        variables = {**variables, "batch_stats": update(variables, images(size, 8, seed + index))}
+    return Deployable(model, variables, image_size=size, normalization=deployable.normalization)
