@@ -65,10 +65,12 @@ def export(
     calibration: str | Iterable[np.ndarray] | None = None,
     image_size: int | None = None,
     normalization: str | None = None,
+    data_dir: str | None = None,
 ) -> Deployable:
     """Export `weights` (a name, model file, workdir or Deployable) as `format` / `kind` to `out`.
 
-    `calibration` is a dataset name or folder (see `datasets`), or batches of float32 images;
+    `calibration` is a dataset name or folder (see `datasets`; a TFDS name is looked up in
+    `data_dir`, default TFDS's own), or batches of float32 images;
     only int8 kinds use it, and the StableHLO int8 model of a quantization-aware model with
     trained ranges does not (it uses those ranges). Returns the Deployable that was exported.
     """
@@ -82,7 +84,7 @@ def export(
         else:  # the data pipeline needs the train extra (TensorFlow, ml_collections): import on use
             from mobilenet_jax.export.datasets import calibration_images
 
-            calibration = calibration_images(calibration, deployable)
+            calibration = calibration_images(calibration, deployable, data_dir=data_dir)
     chosen.write(deployable, out, kind=kind, calibration=calibration)
     return deployable
 
