@@ -138,6 +138,12 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.backbone_lr_multiplier = 1.0
     config.freeze_batch_stats = False
 
+    # Quantization-aware training (README "Quantization-aware training"): "int8" trains on the
+    # grids of the JAX int8 export (kernels rounded per output channel, the inputs of every layer
+    # on 8-bit ranges tracked in batch_stats); None trains in float. Typically a fine-tuning of a
+    # finished float run: --config.init_from=<its workdir> --config.quantization=int8.
+    config.quantization = config_dict.placeholder(str)
+
     # Fields of mobilenet_jax.MobileNetV1; num_classes comes from the dataset. The architecture
     # is the PyTorch reference's (ReLU, symmetric padding); the reference's TF-Slim model has
     # ReLU6 and SAME padding (--config.model.activation=relu6 --config.model.padding=same).

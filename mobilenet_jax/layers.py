@@ -1,7 +1,9 @@
 """The linen modules MobileNet v1 is built of: convolutions, BatchNorm, the separable block.
 
 Each module that has more than one computational form takes an `impl` ("auto" resolves through
-`ops.backends`); every form uses the same variables, so they are interchangeable.
+`ops.backends`); every form uses the same variables, so they are interchangeable. With
+`quantization="int8"` the convolutions fake-quantize their kernel before any form computes
+with it, and `InputQuantizer` fake-quantizes the activations entering them (`ops.quantize`).
 """
 
 from __future__ import annotations
@@ -23,12 +25,15 @@ from mobilenet_jax.ops.batch_norm import (  # noqa: F401  (batch_norm_act_train 
 )
 from mobilenet_jax.ops.conv import STEM_FNS, channel_matmul, conv_padding
 from mobilenet_jax.ops.depthwise import DEPTHWISE_FNS
+from mobilenet_jax.ops.quantize import check_mode, fake_quant_input, fake_quant_kernel
 
 Array = jax.Array
 Dtype = Any
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"relu": nn.relu, "relu6": nn.relu6}
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "truncated_normal")
+# The name of a unit's `InputQuantizer`: its range is batch_stats .../<unit>/input_quant/{low,high,tracked}.
+INPUT_QUANTIZER = "input_quant"
 
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
@@ -43,6 +48,17 @@ def identity(x: Array) -> Array:
     return x
 
 
+def quantized_kernel(kernel: Array, quantization: str | None) -> Array:
+    """`kernel` as a layer with `quantization` (None or "int8") computes with it."""
+    return kernel if check_mode(quantization) is None else fake_quant_kernel(kernel)
+
+
+def int8_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, **kwargs) -> Array:
+    """`lax.dot_general` with the right operand (a Dense kernel) fake-quantized per output
+    channel: `nn.Dense(dot_general=int8_dot_general)` is the int8-aware classifier."""
+    return lax.dot_general(lhs, fake_quant_kernel(rhs), dimension_numbers, precision=precision, **kwargs)
+
+
 class DepthwiseConv(nn.Module):
     """Bias-free depthwise convolution, kernel (kh, kw, 1, C) as in `nn.Conv` with groups = C."""
 
@@ -50,6 +66,7 @@ class DepthwiseConv(nn.Module):
     stride: int = 1
     padding: str = "torch"
     impl: str = "auto"
+    quantization: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = _he_normal
@@ -60,6 +77,7 @@ class DepthwiseConv(nn.Module):
         kernel = self.param(
             "kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype
         )
+        kernel = quantized_kernel(kernel, self.quantization)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         pad = conv_padding(x.shape[1:3], self.kernel_size, self.stride, self.padding)
         return DEPTHWISE_FNS[backends.resolve("depthwise", self.impl)](x, kernel, self.stride, pad)
@@ -69,6 +87,7 @@ class PointwiseConv(nn.Module):
     """Bias-free 1x1 convolution, kernel (1, 1, C_in, C_out) as in `nn.Conv`, computed as one GEMM."""
 
     features: int
+    quantization: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = _he_normal
@@ -76,6 +95,7 @@ class PointwiseConv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
+        kernel = quantized_kernel(kernel, self.quantization)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         return channel_matmul(x, kernel[0, 0])
 
@@ -88,6 +108,7 @@ class StemConv(nn.Module):
     kernel_size: int = 3
     padding: str = "torch"
     impl: str = "auto"
+    quantization: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable = _he_normal
@@ -96,6 +117,7 @@ class StemConv(nn.Module):
     def __call__(self, x: Array) -> Array:
         k, s = self.kernel_size, self.stride
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
+        kernel = quantized_kernel(kernel, self.quantization)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         pad = conv_padding(x.shape[1:3], k, s, self.padding)
         return STEM_FNS[backends.resolve("stem", self.impl)](x, kernel, s, pad)
@@ -152,15 +174,58 @@ class BatchNorm(nn.Module):
         return out
 
 
+class InputQuantizer(nn.Module):
+    """Fake quantization of the activations entering a layer, on the 8-bit grid of a tracked range.
+
+    The range (`batch_stats` "low" and "high") is the one `export.quantize` builds the layer's
+    integer input grid from (`ops.quantize.input_grid`): a negative `low` (the image) makes it
+    signed, otherwise it is [0, high] (ReLU outputs). In train mode it follows the batch's min
+    and max as an exponential moving average at `momentum` (Flax convention, as BatchNorm's:
+    pass the model's BatchNorm momentum, so the ranges cover the same stretch of training as the
+    running statistics that are folded with them), and the batch is quantized with the updated
+    range; with `axis_name` the batch min and max are averaged over that mapped axis (as
+    BatchNorm averages its moments, so a synchronised run and a per-device one whose statistics
+    are averaged afterwards store the same). The first update takes the batch's range as it is
+    ("tracked" goes from 0 to 1): averaging towards it from an arbitrary initial range would
+    quantize the first ~1 / (1 - momentum) steps on a wrong grid. In eval mode, and while
+    initialising, the stored range is used and left as it is.
+    """
+
+    momentum: float = 0.9
+    axis_name: str | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        low = self.variable("batch_stats", "low", jnp.zeros, (), jnp.float32)
+        high = self.variable("batch_stats", "high", jnp.zeros, (), jnp.float32)
+        tracked = self.variable("batch_stats", "tracked", jnp.zeros, (), jnp.float32)
+        if train and not self.is_initializing():
+            x32 = lax.stop_gradient(x).astype(jnp.float32)
+            batch = jnp.stack([jnp.min(x32), jnp.max(x32)])
+            if self.axis_name is not None:
+                batch = lax.pmean(batch, self.axis_name)
+            keep = jnp.where(tracked.value > 0, self.momentum, 0.0)
+            low.value = keep * low.value + (1 - keep) * batch[0]
+            high.value = keep * high.value + (1 - keep) * batch[1]
+            tracked.value = jnp.ones_like(tracked.value)
+        return fake_quant_input(x, low.value, high.value)
+
+
 class ConvBNAct(nn.Module):
-    """A bias-free convolution, BatchNorm and activation: the unit every MobileNet layer uses."""
+    """A bias-free convolution, BatchNorm and activation: the unit every MobileNet layer uses.
+
+    With `quantize_input` (an `InputQuantizer` factory) the convolution's input is fake-quantized.
+    """
 
     conv: Callable[..., nn.Module]
     norm: Callable[..., nn.Module]
     activation: Callable[[Array], Array]
+    quantize_input: Callable[..., nn.Module] | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
+        if self.quantize_input is not None:
+            x = self.quantize_input(name=INPUT_QUANTIZER)(x, train)
         x = self.conv(name="conv")(x)
         return self.norm(name="bn", activation=self.activation)(x, train=train)
 
@@ -174,9 +239,12 @@ class DepthwiseSeparable(nn.Module):
     pointwise: Callable[..., nn.Module]
     norm: Callable[..., nn.Module]
     activation: Callable[[Array], Array]
+    quantize_input: Callable[..., nn.Module] | None = None
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        unit = functools.partial(ConvBNAct, norm=self.norm, activation=self.activation)
+        unit = functools.partial(
+            ConvBNAct, norm=self.norm, activation=self.activation, quantize_input=self.quantize_input
+        )
         x = unit(functools.partial(self.depthwise, stride=self.stride), name="depthwise")(x, train)
         return unit(functools.partial(self.pointwise, features=self.features), name="pointwise")(x, train)

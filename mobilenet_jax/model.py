@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from mobilenet_jax import layers
 from mobilenet_jax.ops import backends
 from mobilenet_jax.ops.conv import check_padding
+from mobilenet_jax.ops.quantize import check_mode
 
 Array = jax.Array
 
@@ -28,6 +29,8 @@ BLOCKS: tuple[tuple[int, int], ...] = (
 # Backbone endpoints: the last feature map at each output stride, by the block that makes it.
 ENDPOINT_BLOCKS = {"stride_2": 1, "stride_4": 3, "stride_8": 5, "stride_16": 11, "stride_32": 13}
 MIN_INPUT_SIZE = 32
+# The classifier's `layers.InputQuantizer`: batch_stats classifier_input_quant/{low,high,tracked}.
+CLASSIFIER_INPUT_QUANTIZER = "classifier_input_quant"
 
 
 def scaled_channels(channels: int, alpha: float, min_depth: int = 8) -> int:
@@ -48,6 +51,21 @@ class MobileNetV1(nn.Module):
     0 keeps He normal (fan-out) for the convolutions and LeCun normal for the classifier.
     With `return_endpoints=True` the call returns `(output, endpoints)`, endpoints mapping
     "stride_2" ... "stride_32" to the last feature map at that output stride, for backbones.
+
+    `quantization="int8"` makes the model quantization-aware: it computes what the int8 model of
+    `export.quantize` computes. Every convolution kernel (stem, depthwise, pointwise) and the
+    classifier kernel is rounded onto its symmetric per-output-channel 127-level grid, and the
+    input of each of those layers onto the 8-bit grid of a range tracked in `batch_stats`
+    (`layers.InputQuantizer`: the image signed, ReLU outputs on [0, max]), with straight-through
+    gradients. Rounding the BatchNorm-free kernel in training is rounding the folded kernel at
+    export: folding multiplies output channel c by s_c = gamma_c / sqrt(var_c + eps), which
+    scales that channel's max |w| and hence its quantization step by |s_c|, so the integers
+    become sign(s_c) times the same integers (round-half-to-even is odd-symmetric) and the
+    dequantized folded kernel is s_c times the dequantized trained one, up to float rounding
+    (`export.quantize` takes the integers from the trained kernel, so they are exactly these).
+    The kernel forms and the variables are those of the float model, plus the ranges. The
+    rounding is computed in float32; with `dtype=bfloat16` the rounded values are cast back, so
+    the int8 model is matched exactly only by float32 computation.
     """
 
     num_classes: int = 1000
@@ -63,6 +81,7 @@ class MobileNetV1(nn.Module):
     depthwise_impl: str = "auto"
     batch_norm_impl: str = "auto"
     stem_impl: str = "auto"
+    quantization: str | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -90,6 +109,7 @@ class MobileNetV1(nn.Module):
         backends.check_form("depthwise_impl", self.depthwise_impl, backends.DEPTHWISE_FORMS)
         backends.check_form("batch_norm_impl", self.batch_norm_impl, backends.BATCH_NORM_FORMS)
         backends.check_form("stem_impl", self.stem_impl, backends.STEM_FORMS)
+        check_mode(self.quantization)
         super().__post_init__()
 
     @property
@@ -112,33 +132,51 @@ class MobileNetV1(nn.Module):
             **precision,
         )
         activation = layers.activation_fn(self.activation)
+        quantized = dict(quantization=self.quantization)
+        quantize_input = (
+            functools.partial(layers.InputQuantizer, momentum=self.bn_momentum, axis_name=self.bn_axis_name)
+            if self.quantization
+            else None
+        )
         stem = functools.partial(
             layers.StemConv,
             features=width(STEM_CHANNELS),
             padding=self.padding,
             impl=self.stem_impl,
+            **quantized,
             **precision,
             **init,
         )
         depthwise = functools.partial(
-            layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **precision, **init
+            layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **quantized, **precision, **init
         )
-        pointwise = functools.partial(layers.PointwiseConv, **precision, **init)
+        pointwise = functools.partial(layers.PointwiseConv, **quantized, **precision, **init)
 
-        x = layers.ConvBNAct(stem, norm, activation, name="stem")(x, train)
+        x = layers.ConvBNAct(stem, norm, activation, quantize_input, name="stem")(x, train)
         endpoints = {}
         for index, (channels, stride) in enumerate(BLOCKS, start=1):
             x = layers.DepthwiseSeparable(
-                width(channels), stride, depthwise, pointwise, norm, activation, name=f"block{index}"
+                width(channels), stride, depthwise, pointwise, norm, activation, quantize_input, name=f"block{index}"
             )(x, train)
             endpoints.update({name: x for name, block in ENDPOINT_BLOCKS.items() if block == index})
 
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.num_classes:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+            if quantize_input is not None:
+                # After dropout: the classifier's input is on the grid in training as at inference.
+                x = quantize_input(name=CLASSIFIER_INPUT_QUANTIZER)(x, train)
+                init = dict(init, dot_general=layers.int8_dot_general)
             x = nn.Dense(self.num_classes, name="classifier", **precision, **init)(x)
             x = x.astype(jnp.float32)
         return (x, endpoints) if return_endpoints else x
+
+
+def is_activation_range(path: str) -> bool:
+    """Whether the "/"-joined batch_stats `path` is a quantization-aware model's activation range
+    (a float model has none of these)."""
+    parts = path.split("/")
+    return len(parts) >= 2 and parts[-2] in (layers.INPUT_QUANTIZER, CLASSIFIER_INPUT_QUANTIZER)
 
 
 def check_input(x: Array) -> None:

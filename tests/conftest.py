@@ -1,9 +1,23 @@
-"""Test session set-up: eight simulated CPU devices for the data-parallel tests.
+"""Test session set-up: eight simulated CPU devices for the data-parallel tests, and fixtures
+shared across test folders.
 
 The flag must be set before JAX initialises its backend; single-device code is unaffected.
 """
 
 import os
 
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_labelled_dir(tmp_path_factory) -> str:
+    """A data_dir holding TinyLabelled (tests/tfds_builders.py), a real TFDS dataset: 12 train
+    and 11 validation JPEG images labelled by their index."""
+    from tfds_builders import TinyLabelled  # TensorFlow, imported only by the tests that use it
+
+    data_dir = str(tmp_path_factory.mktemp("tiny_labelled"))
+    TinyLabelled(data_dir=data_dir).download_and_prepare()
+    return data_dir

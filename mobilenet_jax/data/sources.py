@@ -137,7 +137,7 @@ def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
         raise ValueError(
             f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: prepare it with "
             f"`tfds build {name} --data_dir=...` (imagenet2012 needs its archives in "
-            "<data_dir>/downloads/manual) and point config.data_dir at that folder"
+            "<data_dir>/downloads/manual) and point config.data_dir (the export command: --data-dir) at that folder"
         )
     return builder
 

@@ -6,7 +6,9 @@
 
 Formats and kinds: stablehlo (float32, int8), savedmodel (float32), tflite (float32, float16,
 dynamic_int8, int8), onnx (float32, int8). `--calibration` and `--data` take "digits", an image
-folder `root/<class>/*.jpg` or a prepared TFDS name ("name" or "name:split").
+folder `root/<class>/*.jpg` or a prepared TFDS name ("name" or "name:split", looked up in
+`--data-dir`). A model trained with --config.quantization=int8 needs no calibration for the
+stablehlo int8 kind: it uses the activation ranges it trained with.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 
 import numpy as np
 
-from mobilenet_jax.export.exporters import FORMATS, export
+from mobilenet_jax.export.exporters import FORMATS, export, uses_trained_ranges
 from mobilenet_jax.export.runtime import MissingRuntimeError
 
 RANDOM_IMAGES = 8
@@ -34,6 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--calibration", help="representative images for int8: digits, a folder or a TFDS name")
     parser.add_argument("--check", action="store_true", help="print the fidelity table of every export")
     parser.add_argument("--data", help="labelled images for --check (default: --calibration, else random images)")
+    parser.add_argument("--data-dir", help="TFDS data folder of --calibration / --data names (default: TFDS's own)")
     parser.add_argument("--image-size", type=int, help="input size (default: the run's, else 224)")
     parser.add_argument("--normalization", help="input normalisation (default: the run's, else imagenet)")
     args = parser.parse_args(argv)
@@ -51,12 +54,18 @@ def run_check(args: argparse.Namespace) -> str:
     data = args.data or args.calibration
     labels = None
     if data:
-        images, labels = map(np.concatenate, zip(*datasets.eval_examples(data, deployable)))
+        images, labels = map(np.concatenate, zip(*datasets.eval_examples(data, deployable, args.data_dir)))
     else:
         size = deployable.image_size
         images = np.random.default_rng(0).standard_normal((RANDOM_IMAGES, size, size, 3), np.float32)
-    calibration = datasets.calibration_images(args.calibration, deployable) if args.calibration else None
-    exports = [e for e in check.ALL_EXPORTS if calibration is not None or e[1] != "int8"]
+    calibration = (
+        datasets.calibration_images(args.calibration, deployable, data_dir=args.data_dir) if args.calibration else None
+    )
+    trained = uses_trained_ranges(deployable)  # a quantization-aware model: the JAX int8 needs no calibration
+    exports = [
+        (name, kind) for name, kind in check.ALL_EXPORTS
+        if calibration is not None or kind != "int8" or (trained and name == "stablehlo")
+    ]
     results = check.check_exports(deployable, images, labels, calibration, exports)
     source = f"{len(images)} images of {data}" if data else f"{len(images)} random images"
     return f"{args.weights} at {deployable.image_size}x{deployable.image_size}, {source}\n{check.format_table(results)}"
@@ -70,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             print(run_check(args))
         else:
             export(args.weights, args.format, args.out, kind=args.kind, calibration=args.calibration,
-                   image_size=args.image_size, normalization=args.normalization)
+                   image_size=args.image_size, normalization=args.normalization, data_dir=args.data_dir)
             print(f"wrote {args.out}")
     except (ValueError, FileNotFoundError, MissingRuntimeError) as error:
         sys.exit(f"error: {error}")

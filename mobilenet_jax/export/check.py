@@ -4,7 +4,10 @@ Float kinds are compared logit by logit: the largest |exported - Flax| over all 
 to the largest |Flax logit|, against a tolerance (float32 1e-4, float16 1e-2). The same ratio
 taken per image (each image's own largest logit) is reported beside it as the worst image: it
 is larger where an image's logits are all small. Int8 kinds change predictions by design, so they are measured rather than passed:
-top-1 agreement with the Flax model and, with labels, the accuracy drop.
+top-1 agreement with the Flax model and, with labels, the accuracy drop. A quantization-aware
+model (`quantization="int8"`) is compared as what each export computes: its float kinds with
+its float arithmetic (quantization off: the folded float weights), its int8 kinds with the model
+as trained (fake-quantized), which its JAX int8 model reproduces.
 """
 
 from __future__ import annotations
@@ -53,9 +56,11 @@ class Fidelity:
         return None if self.accuracy is None else self.reference_accuracy - self.accuracy
 
 
-def reference_logits(deployable: Deployable, images: np.ndarray) -> np.ndarray:
-    """Logits of the Flax model itself (eval mode, BatchNorm not folded)."""
-    forward = jax.jit(lambda x: predict(deployable.model.apply, deployable.variables, x))
+def reference_logits(deployable: Deployable, images: np.ndarray, quantized: bool = True) -> np.ndarray:
+    """Logits of the Flax model itself (eval mode, BatchNorm not folded); with `quantized=False`
+    a quantization-aware model's float arithmetic (what its float exports compute)."""
+    model = deployable.model if quantized else deployable.model.clone(quantization=None)
+    forward = jax.jit(lambda x: predict(model.apply, deployable.variables, x))
     return np.asarray(forward(images))
 
 
@@ -83,10 +88,12 @@ def check_exports(
 ) -> list[Fidelity]:
     """Export `deployable` in each (format, kind), run it on `images` and compare with Flax.
 
-    Int8 kinds need `calibration` batches. Exports are written to `directory` (a temporary one
+    Int8 kinds need `calibration` batches (but the StableHLO int8 model of a quantization-aware
+    model with trained ranges). Exports are written to `directory` (a temporary one
     by default).
     """
     reference = reference_logits(deployable, images)
+    float_reference = reference_logits(deployable, images, quantized=False) if deployable.model.quantization else reference
     calibration = None if calibration is None else list(calibration)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +101,8 @@ def check_exports(
             path = os.path.join(directory or tmp, f"model_{kind}{FORMATS[format_name].suffix}")
             export(deployable, format_name, path, kind=kind, calibration=calibration)
             outputs = load_exported(format_name, path)(images)
-            results.append(fidelity(format_name, kind, reference, outputs, labels))
+            expected = reference if "int8" in kind else float_reference
+            results.append(fidelity(format_name, kind, expected, outputs, labels))
     return results
 
 

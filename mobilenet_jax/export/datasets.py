@@ -2,8 +2,9 @@
 
 A dataset is named like `--calibration`: "digits", a folder `root/<class>/*.jpg|png` (split
 into train and eval by the pipeline's fixed held-out rule), or a prepared TFDS name, optionally
-with its eval split as "name:split". Images are preprocessed for the deployable's size and
-normalisation, so exported models see exactly what the trained model saw.
+with its eval split as "name:split", found in `data_dir` (default: TFDS's own, `TFDS_DATA_DIR`
+or ~/tensorflow_datasets). Images are preprocessed for the deployable's size and normalisation,
+so exported models see exactly what the trained model saw.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ BATCH_SIZE = 32
 SEED = 0
 
 
-def _spec(dataset: str, deployable: Deployable) -> DataSpec:
+def _spec(dataset: str, deployable: Deployable, data_dir: str | None = None) -> DataSpec:
     """The data pipeline's spec for `dataset` at the deployable's size and normalisation."""
     fields: dict[str, Any] = dict(
         dataset=dataset,
+        data_dir=data_dir,
         image_size=deployable.image_size,
         normalization=deployable.normalization,
         batch_size=BATCH_SIZE,
@@ -39,19 +41,24 @@ def _spec(dataset: str, deployable: Deployable) -> DataSpec:
     return DataSpec(**fields)
 
 
-def calibration_images(dataset: str, deployable: Deployable, count: int = CALIBRATION_IMAGES) -> list[np.ndarray]:
+def calibration_images(
+    dataset: str, deployable: Deployable, count: int = CALIBRATION_IMAGES, data_dir: str | None = None
+) -> list[np.ndarray]:
     """`count` training images (as batches), augmented as in training: a representative dataset."""
     from mobilenet_jax import data  # TensorFlow, imported on use
 
-    batches = data.create_train_iterator(_spec(dataset, deployable), seed=SEED, process_index=0, process_count=1)
+    spec = _spec(dataset, deployable, data_dir)
+    batches = data.create_train_iterator(spec, seed=SEED, process_index=0, process_count=1)
     return [batch["image"] for batch in itertools.islice(batches, -(-count // BATCH_SIZE))]
 
 
-def eval_examples(dataset: str, deployable: Deployable) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def eval_examples(
+    dataset: str, deployable: Deployable, data_dir: str | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(images, labels) of every example of the eval split once, without padding."""
     from mobilenet_jax import data  # TensorFlow, imported on use
 
-    batches = data.create_eval_iterator(_spec(dataset, deployable), process_index=0, process_count=1)
+    batches = data.create_eval_iterator(_spec(dataset, deployable, data_dir), process_index=0, process_count=1)
     for batch in batches:
         mask = batch["mask"]
         if mask.any():

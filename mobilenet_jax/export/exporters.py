@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from mobilenet_jax.export import onnx, savedmodel, stablehlo, tflite
+from mobilenet_jax.export.quantize import has_trained_ranges
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.source import Deployable, load_weights
 
@@ -64,25 +65,33 @@ def export(
     calibration: str | Iterable[np.ndarray] | None = None,
     image_size: int | None = None,
     normalization: str | None = None,
+    data_dir: str | None = None,
 ) -> Deployable:
     """Export `weights` (a name, model file, workdir or Deployable) as `format` / `kind` to `out`.
 
-    `calibration` is a dataset name or folder (see `datasets`), or batches of float32 images;
-    only int8 kinds use it. Returns the Deployable that was exported.
+    `calibration` is a dataset name or folder (see `datasets`; a TFDS name is looked up in
+    `data_dir`, default TFDS's own), or batches of float32 images;
+    only int8 kinds use it, and the StableHLO int8 model of a quantization-aware model with
+    trained ranges does not (it uses those ranges). Returns the Deployable that was exported.
     """
     chosen = get_format(format)
     deployable = weights if isinstance(weights, Deployable) else load_weights(
         weights, image_size=image_size, normalization=normalization
     )
     if isinstance(calibration, str):
-        if kind != "int8":
+        if kind != "int8" or (format == "stablehlo" and uses_trained_ranges(deployable)):
             calibration = None
         else:  # the data pipeline needs the train extra (TensorFlow, ml_collections): import on use
             from mobilenet_jax.export.datasets import calibration_images
 
-            calibration = calibration_images(calibration, deployable)
+            calibration = calibration_images(calibration, deployable, data_dir=data_dir)
     chosen.write(deployable, out, kind=kind, calibration=calibration)
     return deployable
+
+
+def uses_trained_ranges(deployable: Deployable) -> bool:
+    """Whether the JAX int8 model of `deployable` uses trained ranges (needs no calibration)."""
+    return has_trained_ranges(deployable.model, deployable.variables)
 
 
 def load_exported(format: str, path: str, num_threads: int | None = None) -> Runner:

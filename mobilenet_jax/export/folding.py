@@ -37,10 +37,8 @@ def fold_batchnorm(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[str
     params, stats = variables["params"], variables["batch_stats"]
 
     def fold(path: tuple[str, ...]) -> dict[str, np.ndarray]:
-        p, s = _at(params, path), _at(stats, path)
-        scale = np.asarray(p["bn"]["scale"], np.float64) / np.sqrt(
-            np.asarray(s["bn"]["var"], np.float64) + model.bn_epsilon
-        )
+        p, s = at_path(params, path), at_path(stats, path)
+        scale = batchnorm_factor(model, variables, path)
         kernel = np.asarray(p["conv"]["kernel"], np.float64) * scale
         bias = np.asarray(p["bn"]["bias"], np.float64) - np.asarray(s["bn"]["mean"], np.float64) * scale
         return {"kernel": kernel.astype(np.float32), "bias": bias.astype(np.float32)}
@@ -54,7 +52,15 @@ def fold_batchnorm(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[str
     return folded
 
 
-def _at(tree: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+def batchnorm_factor(model: MobileNetV1, variables: Mapping[str, Any], path: tuple[str, ...]) -> np.ndarray:
+    """The per-output-channel factor gamma / sqrt(var + eps) (float64) that folding multiplies
+    the kernel of the unit at `path` (e.g. ("block3", "pointwise")) by."""
+    p, s = at_path(variables["params"], path), at_path(variables["batch_stats"], path)
+    return np.asarray(p["bn"]["scale"], np.float64) / np.sqrt(np.asarray(s["bn"]["var"], np.float64) + model.bn_epsilon)
+
+
+def at_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+    """The subtree of `tree` at the keys `path`."""
     for key in path:
         tree = tree[key]
     return tree

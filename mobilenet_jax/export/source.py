@@ -79,9 +79,12 @@ def _pretrained(name: str) -> tuple[MobileNetV1, Mapping[str, Any], dict[str, An
     return model, variables, {"image_size": preprocessing.size, "normalization": normalization_of(preprocessing)}
 
 
-def check_kind(format_name: str, kind: str, kinds: tuple[str, ...], calibration: Any) -> None:
-    """Raise a one-line ValueError for a kind the format lacks, or int8 without calibration data."""
+def check_kind(
+    format_name: str, kind: str, kinds: tuple[str, ...], calibration: Any, trained_ranges: bool = False
+) -> None:
+    """Raise a one-line ValueError for a kind the format lacks, or int8 without calibration data
+    (unless the format uses the `trained_ranges` of a quantization-aware model instead)."""
     if kind not in kinds:
         raise ValueError(f"{format_name} kind must be one of {kinds}, got {kind!r}")
-    if kind == "int8" and calibration is None:
+    if kind == "int8" and calibration is None and not trained_ranges:
         raise ValueError(f"{format_name} kind 'int8' needs calibration images: pass --calibration digits or a folder")

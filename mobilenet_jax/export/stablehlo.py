@@ -2,7 +2,8 @@
 
 The file holds the folded model with its weights as constants; `load_stablehlo(path)` gives a
 function callable at any batch size, on any platform the export was lowered for. Kind "int8" is
-the JAX post-training int8 model of `quantize` (integer convolutions with int32 accumulation).
+the JAX int8 model of `quantize` (integer convolutions with int32 accumulation): on the trained
+activation ranges of a quantization-aware model, else calibrated (post-training quantization).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 from etils import epath
 
 from mobilenet_jax.export.folding import inference_fn
-from mobilenet_jax.export.quantize import int8_inference_fn
+from mobilenet_jax.export.quantize import has_trained_ranges, int8_inference_fn
 from mobilenet_jax.export.source import Deployable, check_kind
 
 
@@ -32,14 +33,16 @@ def export_stablehlo(
 ) -> bytes:
     """Serialized `jax.export.Exported` of the folded model on (b, S, S, 3) float32 images.
 
-    Kind "int8" needs `calibration` (float32 NHWC image batches). `platforms` (e.g. ("cpu",
-    "cuda", "tpu")) defaults to the current backend. The bytes are also written to `path`.
+    Kind "int8" needs `calibration` (float32 NHWC image batches), except for a quantization-aware
+    model with trained ranges, which uses those and ignores `calibration`. `platforms` (e.g.
+    ("cpu", "cuda", "tpu")) defaults to the current backend. The bytes are also written to `path`.
     """
-    check_kind("StableHLO", kind, KINDS, calibration)
+    model, variables = deployable.model, deployable.variables
+    trained = kind == "int8" and has_trained_ranges(model, variables)
+    check_kind("StableHLO", kind, KINDS, calibration, trained_ranges=trained)
     size = deployable.image_size
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
-    model, variables = deployable.model, deployable.variables
     forward = jax.jit(
         inference_fn(model, variables) if kind == "float32" else int8_inference_fn(model, variables, calibration)
     )

@@ -16,16 +16,17 @@ import ml_collections
 
 from mobilenet_jax import model as model_lib
 from mobilenet_jax.data.spec import DataSpec
+from mobilenet_jax.ops.quantize import MODES as QUANTIZATION_MODES
 from mobilenet_jax.training import init as init_lib
 from mobilenet_jax.training.mesh import PARALLELISMS
 from mobilenet_jax.training.optim import OptimizerSpec, check_choice
 from mobilenet_jax.training.step import StepOptions
 
 # MobileNetV1 fields that config.model must not set: Flax's own, the dataset's class count, and
-# what half_precision and sync_batch_stats decide.
-_MODEL_FIELDS_SET_ELSEWHERE = frozenset({"parent", "name", "num_classes", "dtype", "bn_axis_name"})
+# what half_precision, sync_batch_stats and quantization decide.
+_MODEL_FIELDS_SET_ELSEWHERE = frozenset({"parent", "name", "num_classes", "dtype", "bn_axis_name", "quantization"})
 # Top-level fields that no spec holds: they are turned into other fields here.
-_GATE_FIELDS = ("variant", "half_precision", "model", "init_from")
+_GATE_FIELDS = ("variant", "half_precision", "model", "init_from", "quantization")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,12 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 def resolve(config: ml_collections.ConfigDict) -> Experiment:
     """The experiment `config` describes; raises a ValueError naming the first bad field."""
     config = config.copy_and_resolve_references()
+    quantization = config.get("quantization")
+    if quantization is not None and quantization not in QUANTIZATION_MODES:
+        raise ValueError(
+            f"quantization must be one of {QUANTIZATION_MODES} or None (float training), got {quantization!r}; "
+            "set --config.quantization=int8 or leave it unset"
+        )
     if config.get("variant"):
         variant = model_lib.get_variant(config.variant)
         config.model.alpha = variant.alpha
@@ -97,6 +104,11 @@ def resolve(config: ml_collections.ConfigDict) -> Experiment:
         raise ValueError(
             f"freeze_batch_stats runs the model in inference mode, which disables dropout_rate="
             f"{config.model.dropout_rate}; set --config.model.dropout_rate=0 or freeze_batch_stats=False"
+        )
+    if step.freeze_batch_stats and quantization and not (initial and init_lib.has_activation_ranges(initial.variables)):
+        raise ValueError(
+            "quantization tracks activation ranges in train mode, which freeze_batch_stats turns off, and the "
+            "init_from weights have no trained ranges to keep; set --config.freeze_batch_stats=False"
         )
     return Experiment(config, _model_fields(config), data, optimizer, step, loop, initial)
 
@@ -131,11 +143,13 @@ def _field_names(spec: type) -> tuple[str, ...]:
 
 
 def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """config.model plus the computation dtype, checked by building the model once."""
+    """config.model plus the computation dtype and quantization, checked by building the model once."""
     allowed = {field.name for field in dataclasses.fields(model_lib.MobileNetV1)} - _MODEL_FIELDS_SET_ELSEWHERE
     unknown = sorted(set(config.model) - allowed)
     if unknown:
         raise ValueError(f"config.model has unknown fields {unknown}; MobileNetV1 takes {sorted(allowed)}")
-    fields = dict(config.model, dtype=jnp.bfloat16 if config.half_precision else None)
+    fields = dict(
+        config.model, dtype=jnp.bfloat16 if config.half_precision else None, quantization=config.get("quantization")
+    )
     model_lib.MobileNetV1(**fields)
     return fields

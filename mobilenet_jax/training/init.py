@@ -5,6 +5,8 @@
 an exported `mobilenet_v1.msgpack` (with its `.json` fields beside it), or a finished run's
 workdir (its `mobilenet_v1.msgpack`). The backbone always comes from these weights; the
 classifier is kept when its shape matches the dataset's class count and re-initialised otherwise.
+Float weights fine-tuned quantization-aware (`quantization="int8"`) have no activation ranges:
+those start fresh and are tracked from the first training batch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mobilenet_jax import weights
 from mobilenet_jax.paths import to_path
 from mobilenet_jax.interop import pretrained
 from mobilenet_jax.interop.preprocessing import normalization_of
+from mobilenet_jax.model import is_activation_range
 from mobilenet_jax.training.checkpoint import CONFIG_FILE
 from mobilenet_jax.training.optim import CLASSIFIER
 from mobilenet_jax.training.state import TrainState
@@ -69,16 +72,20 @@ def _recorded_normalization(folder: Any) -> str | None:
 
 def merge(fresh: dict[str, Any], initial: dict[str, Any], collection: str) -> dict[str, Any]:
     """`fresh` (a model's freshly initialised `collection`) with every leaf taken from `initial`,
-    except the classifier's when its shape differs (another class count): that one stays fresh.
+    except the classifier's when its shape differs (another class count) and the activation
+    ranges of a quantization-aware model that float weights lack: those stay fresh.
 
     Backbone leaves must all be in `initial` with their shapes; a missing or reshaped one raises.
+    Leaves of `initial` the model does not have (the ranges of quantization-aware weights
+    fine-tuned in float) are left out.
     """
     loaded = traverse_util.flatten_dict(initial.get(collection, {}), sep="/")
     merged = {}
     for path, leaf in traverse_util.flatten_dict(fresh, sep="/").items():
         source = loaded.get(path)
         same = source is not None and tuple(source.shape) == tuple(leaf.shape)
-        if not same and not path.startswith(CLASSIFIER + "/"):
+        optional = path.startswith(CLASSIFIER + "/") or (source is None and is_activation_range(path))
+        if not same and not optional:
             found = "missing" if source is None else f"shape {tuple(source.shape)}"
             raise ValueError(
                 f"init_from weights do not fit the model: {collection} {path} is {found}, the model needs "
@@ -86,6 +93,13 @@ def merge(fresh: dict[str, Any], initial: dict[str, Any], collection: str) -> di
             )
         merged[path] = jnp.asarray(source, leaf.dtype) if same else leaf
     return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def has_activation_ranges(variables: dict[str, Any]) -> bool:
+    """Whether `variables` hold activation ranges tracked by quantization-aware training."""
+    flat = traverse_util.flatten_dict(variables.get("batch_stats", {}), sep="/")
+    tracked = [leaf for path, leaf in flat.items() if is_activation_range(path) and path.endswith("/tracked")]
+    return bool(tracked) and all(float(leaf) > 0 for leaf in tracked)
 
 
 def start_from(state: TrainState, variables: dict[str, Any]) -> TrainState:

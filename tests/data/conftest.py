@@ -5,44 +5,14 @@ from __future__ import annotations
 import pytest
 import tensorflow_datasets as tfds
 
-from data_helpers import SHARDED_FILES, SHARDED_TRAIN, TINY_EVAL, TINY_TRAIN, make_spec, smooth_image
+from data_helpers import SHARDED_FILES, SHARDED_TRAIN, make_spec, smooth_image
 from mobilenet_jax import data
 
 
-class TinyLabelled(tfds.core.GeneratorBasedBuilder):
-    """JPEG images whose label is their index, so every example is identifiable."""
-
-    VERSION = tfds.core.Version("1.0.0")
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(num_classes=TINY_TRAIN),
-            }
-        )
-        return tfds.core.DatasetInfo(
-            builder=self, features=features, supervised_keys=("image", "label")
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {
-            "train": self._generate_examples(TINY_TRAIN),
-            "validation": self._generate_examples(TINY_EVAL),
-        }
-
-    def _generate_examples(self, count: int):
-        for index in range(count):
-            yield index, {"image": smooth_image(40, 48 + 8 * index, index), "label": index}
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> data.DataSpec:
-    """A config for TinyLabelled, prepared in a temporary data_dir."""
-    data_dir = str(tmp_path_factory.mktemp("tiny"))
-    TinyLabelled(data_dir=data_dir).download_and_prepare()
-    return make_spec(dataset="tiny_labelled", data_dir=data_dir, batch_size=4, eval_batch_size=4)
+def tiny(tiny_labelled_dir) -> data.DataSpec:
+    """A config for TinyLabelled (tests/tfds_builders.py), prepared in a temporary data_dir."""
+    return make_spec(dataset="tiny_labelled", data_dir=tiny_labelled_dir, batch_size=4, eval_batch_size=4)
 
 
 class TinySharded(tfds.core.GeneratorBasedBuilder):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from mobilenet_jax import data
+from tfds_builders import TINY_EVAL, TINY_TRAIN, smooth_image  # noqa: F401 (the data tests import them from here)
 
 SIZE = 32
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 MOCK_EXAMPLES = 10  # mock_data yields this many examples for every split
-TINY_TRAIN, TINY_EVAL = 12, 11
 SHARDED_TRAIN, SHARDED_FILES = 320, 64  # TinySharded: 5 examples a file
 
 
@@ -59,12 +58,6 @@ def assert_same_batches(first, second) -> None:
         assert one.keys() == other.keys()
         for key in one:
             np.testing.assert_array_equal(one[key], other[key])
-
-
-def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """A smooth random uint8 RGB image (so JPEG keeps it close)."""
-    noise = np.random.default_rng(seed).random((height // 8, width // 8, 3), np.float32) * 255
-    return tf.cast(tf.image.resize(noise, [height, width]), tf.uint8).numpy()
 
 
 def rank_correlation(first: np.ndarray, second: np.ndarray) -> float:

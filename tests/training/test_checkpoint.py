@@ -76,6 +76,7 @@ def saved_run(workdir: pathlib.Path, **overrides) -> dict:
         ("learning_rate", 0.1),
         ("label_smoothing", 0.1),
         ("model.bn_epsilon", 1e-3),
+        ("quantization", "int8"),  # quantization-aware training from a float run's checkpoints
         ("num_classes", 7),  # a folder with another class count
     ],
 )

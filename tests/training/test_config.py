@@ -117,6 +117,7 @@ def test_resolved_config_is_locked():
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
         ("num_train_steps", 0, r"num_train_steps must be > 0, or -1 to train num_epochs, got 0"),
         ("lr_floor", 2.0, r"lr_floor must be in \[0, 1\]"),
+        ("quantization", "bogus", r"quantization must be one of \('int8',\) or None \(float training\), got 'bogus'"),
     ],
 )
 def test_bad_names_raise_with_the_fix(field, value, match):
@@ -197,3 +198,20 @@ def test_the_gate_builds_every_spec():
     assert experiment.step.sync_batch_stats and experiment.loop.parallelism == "jit"
     model = experiment.create_model(1000)
     assert model.dtype == jnp.bfloat16 and model.bn_axis_name is None and model.num_classes == 1000
+
+
+def test_quantization_is_a_gate_field_of_the_model():
+    config = load("digits")
+    assert config.quantization is None and "quantization" not in config.model
+    assert config_gate.resolve(config).create_model(10).quantization is None
+    argv = ["train.py", "--config=configs/digits.py", "--config.quantization=int8"]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    experiment = config_gate.resolve(flag_values.config)
+    assert experiment.config.quantization == "int8" and experiment.create_model(10).quantization == "int8"
+    config = load("digits")
+    config.model.quantization = "int8"  # one way to set it: the top-level field
+    with pytest.raises(ValueError, match=r"config.model has unknown fields \['quantization'\]"):
+        config_gate.resolve(config)
+

@@ -12,7 +12,7 @@ from flax import traverse_util
 from configs import default, finetune
 from mobilenet_jax.interop.preprocessing import TF_SLIM
 from mobilenet_jax.interop.pretrained import Pretrained, save_pretrained
-from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax.model import MobileNetV1, is_activation_range
 from mobilenet_jax.training import config as config_gate
 from mobilenet_jax.training import init, optim, step
 from mobilenet_jax.training.state import TrainState
@@ -115,6 +115,33 @@ def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matche
     np.testing.assert_array_equal(state.params["classifier"]["kernel"], expected["classifier"]["kernel"])
     np.testing.assert_array_equal(state.ema["params"]["stem"]["conv"]["kernel"], state.params["stem"]["conv"]["kernel"])
     np.testing.assert_array_equal(state.ema["batch_stats"]["stem"]["bn"]["mean"], state.batch_stats["stem"]["bn"]["mean"])
+
+
+def test_float_weights_fine_tuned_quantization_aware_start_with_fresh_ranges(converted):
+    initial = init.load_initial(converted)
+    assert not init.has_activation_ranges(initial.variables)
+    model = MobileNetV1(num_classes=7, quantization="int8", **SLIM_FIELDS)
+    fresh = fresh_state(model, optax.sgd(0.1))
+    ranges = {path: 0.0 for path in traverse_util.flatten_dict(fresh.batch_stats, sep="/") if is_activation_range(path)}
+    fresh = fresh.replace(batch_stats=traverse_util.unflatten_dict(
+        {**traverse_util.flatten_dict(fresh.batch_stats, sep="/"), **ranges}, sep="/"))
+    state = init.start_from(fresh, initial.variables)
+    merged = traverse_util.flatten_dict(state.batch_stats, sep="/")
+    assert len(ranges) == 28 * 3 and all(float(merged[path]) == 0.0 for path in ranges)  # untracked
+    np.testing.assert_array_equal(merged["stem/bn/mean"], initial.variables["batch_stats"]["stem"]["bn"]["mean"])
+    # And back: quantization-aware weights fine-tuned in float leave their ranges behind.
+    tracked = {path: 1.0 for path in ranges}
+    qat_weights = {**state.variables(), "batch_stats": traverse_util.unflatten_dict({**merged, **tracked}, sep="/")}
+    assert init.has_activation_ranges(qat_weights)
+    plain = init.start_from(fresh_state(MobileNetV1(num_classes=7, **SLIM_FIELDS), optax.sgd(0.1)), qat_weights)
+    assert not any(is_activation_range(p) for p in traverse_util.flatten_dict(plain.batch_stats, sep="/"))
+
+
+def test_quantization_with_frozen_batch_stats_needs_trained_ranges(converted):
+    with pytest.raises(ValueError, match="quantization tracks activation ranges in train mode, which freeze_batch"):
+        config_gate.resolve(finetune_config(converted, quantization="int8"))
+    experiment = config_gate.resolve(finetune_config(converted, quantization="int8", freeze_batch_stats=False))
+    assert experiment.create_model(10).quantization == "int8"
 
 
 def test_weights_of_another_width_are_refused_naming_the_variable(converted):

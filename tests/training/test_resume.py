@@ -373,6 +373,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_name_and_kept(baseline, tmp_p
         (("--config.checkpoint_every_steps=0",), r"checkpoint_every_steps must be >= 1, got 0"),
         (("--config.num_train_steps=abc",), r"flag --config.num_train_steps=abc: invalid literal for int"),
         (("--config.eval_only=True",), r"eval_only: no checkpoint in .*; train first"),
+        (("--config.quantization=bogus",), r"quantization must be one of \('int8',\) or None .*, got 'bogus'"),
     ],
 )
 def test_mistakes_end_in_one_line_naming_the_field(tmp_path, env, flags, message):
