@@ -10,8 +10,9 @@ network computes the int8 model's arithmetic (up to float rounding of the sums).
   A range with `low < 0` (the image) is signed, 255 levels on [-m, m] with m = max(-low, high);
   otherwise (every ReLU output) 256 levels on [0, high]. A zero-width range gets scale 1.
 
-Fake quantization is `x + stop_gradient(q - x)`: the forward value is q exactly (|q - x| is at
-most half a step, so by Sterbenz's lemma q - x and then x + (q - x) are exact in floating point),
+Fake quantization is `x + stop_gradient(q - x)`: inside the range the forward value is q exactly
+(|q - x| is at most half a step, so by Sterbenz's lemma q - x and then x + (q - x) are exact in
+floating point); a value clipped from far outside may land within rounding of its bound,
 and the gradient is the straight-through estimator: identity for the kernels, identity inside
 the range and zero outside it for the activations (the gradient of the clip, as TensorFlow's
 `fake_quant_with_min_max_vars`). Values are computed in float32 whatever the computation dtype.
