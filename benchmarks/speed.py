@@ -43,7 +43,6 @@ from benchmarks.timing import (
     MOMENTUM,
     NUM_CLASSES,
     Contender,
-    jax_apply,
     jax_infer,
     jax_train,
     matmul_gflops,
@@ -163,7 +162,8 @@ def plan(args: argparse.Namespace) -> list[Planned]:
     """Train, batch inference and batch-1 latency contenders for every JAX variant and PyTorch.
 
     JAX inference is timed twice: through `predict` (the project's path, in chunks where the
-    backend table says so) and as plain `jax.jit(model.apply)` on the whole batch.
+    backend table says so) and as plain `jax.jit(model.apply)` on the whole batch (`predict`
+    without chunks is exactly that call).
     """
     images, labels = random_batch(args.batch, args.resolution)
     sizes = {"train": args.batch, "infer": args.batch, "latency": 1}
@@ -185,7 +185,7 @@ def plan(args: argparse.Namespace) -> list[Planned]:
             planned.append(Planned(name, kind, len(x), lambda _, f=factory, k=kind, x=x: makers[k](f(), x)))
             if kind != "train" and name.startswith("jax "):
                 planned.append(Planned(name.replace("jax ", "jax apply ", 1), kind, len(x),
-                                       lambda _, f=factory, x=x: jax_apply(f(), x)))
+                                       lambda _, f=factory, x=x: jax_infer(f(), x, images_per_chunk=None)))
     return planned + exported_plan(args, images)
 
 

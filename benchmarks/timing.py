@@ -106,14 +106,6 @@ def jax_infer(model: MobileNetV1, images: np.ndarray, images_per_chunk: int | No
     return lambda: forward(variables, x).block_until_ready()
 
 
-def jax_apply(model: MobileNetV1, images: np.ndarray) -> Callable[[], Any]:
-    """Plain `jax.jit(model.apply)` in eval mode, the whole batch at once: what a user writes first."""
-    variables = jax.jit(model.init)(jax.random.key(0), images[:1])
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    x = jnp.asarray(images)
-    return lambda: forward(variables, x).block_until_ready()
-
-
 def matmul_gflops(size: int = 2048, calls: int = 10) -> float:
     """XLA's best float32 matrix-product rate here (`size`^3, jitted): the ceiling figures are scaled by."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size), dtype=np.float32))

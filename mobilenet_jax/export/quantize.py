@@ -61,11 +61,10 @@ def _tracked_ranges(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[tu
     stats = variables.get("batch_stats", {})
     ranges = {}
     for layer, path in _range_paths(model).items():
-        node = stats
-        for key in path:
-            if key not in node:
-                return None
-            node = node[key]
+        try:
+            node = at_path(stats, path)
+        except KeyError:
+            return None
         if not float(np.asarray(node["tracked"])) > 0:
             return None
         ranges[layer] = node
