@@ -25,6 +25,7 @@ SCOPE = "MobilenetV1"
 EMA_SUFFIX = "/ExponentialMovingAverage"
 _logger = logging.getLogger(__name__)
 HEAD = (f"{SCOPE}/Logits/Conv2d_1c_1x1/weights", f"{SCOPE}/Logits/Conv2d_1c_1x1/biases")
+FROZEN_GRAPH_SUFFIX = ".pb"
 FIELDS = dict(activation="relu6", padding="same", bn_epsilon=1e-3, bn_momentum=0.9997, min_depth=8)
 
 
@@ -62,6 +63,28 @@ def model_tensor_names() -> list[str]:
     return names + [name + EMA_SUFFIX for name in names]
 
 
+def read_frozen_graph(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The model's tensors in the frozen GraphDef at `path` (a `*_frozen.pb`), by name.
+
+    Freezing turns each variable into a constant of the same name, so the names are the
+    checkpoint's; a frozen graph holds no ExponentialMovingAverage shadows, only the values
+    its publisher chose for inference. Constants of other ops (a retrained head) are left unread.
+    """
+    import tensorflow as tf  # only this reader needs TensorFlow
+
+    graph = tf.compat.v1.GraphDef()
+    try:
+        graph.ParseFromString(Path(path).read_bytes())
+    except Exception as error:  # protobuf raises DecodeError, RuntimeWarning-free ValueError, ...
+        raise ValueError(f"{path} is not a TensorFlow GraphDef ({error}); pass a *_frozen.pb file") from error
+    wanted = set(model_tensor_names())
+    return {
+        node.name: tf.make_ndarray(node.attr["value"].tensor)
+        for node in graph.node
+        if node.op == "Const" and node.name in wanted
+    }
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The model's tensors (and shadows) in the TensorFlow checkpoint at `path`, by name.
 
@@ -76,14 +99,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def from_tf_slim(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | None = None) -> Converted:
     """Flax variables and model fields from a TF-Slim MobileNet v1 checkpoint.
 
-    `source` is a checkpoint prefix (or its folder), or a mapping name -> array (a checkpoint's
-    tensors, or a frozen graph's constants). With `use_ema=None` each variable's
+    `source` is a checkpoint prefix (or its folder or `.index` file), a frozen GraphDef (`.pb`),
+    or a mapping name -> array (a checkpoint's tensors, or a frozen graph's constants). With `use_ema=None` each variable's
     `/ExponentialMovingAverage` shadow is taken when the source has it (the published
     checkpoints were evaluated through them); True requires the shadows, False ignores them.
     `Converted.origin` names the tensor each variable came from. Alpha, the class count (1001
     with background at 0) and whether a classifier is present are inferred.
     """
-    tensors = source if isinstance(source, Mapping) else read_checkpoint(source)
+    if isinstance(source, Mapping):
+        tensors = source
+    elif str(source).endswith(FROZEN_GRAPH_SUFFIX):
+        tensors = read_frozen_graph(source)
+    else:
+        tensors = read_checkpoint(source)
     where = "the mapping" if isinstance(source, Mapping) else str(source)
 
     def resolve(name: str) -> str:
