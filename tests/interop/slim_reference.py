@@ -1,11 +1,17 @@
 """A TF-Slim MobileNet v1 made with TensorFlow alone: a checkpoint with the real variable names
-(random values, BatchNorm perturbed, ExponentialMovingAverage shadows, an optimizer slot) and
-the forward pass TF-Slim's graph computes, written with `tf.nn` ops over those names."""
+(random values, BatchNorm perturbed, ExponentialMovingAverage shadows, an optimizer slot), the
+forward pass TF-Slim's graph computes, written with `tf.nn` ops over those names, frozen graphs,
+and a published tarball's full layout."""
 
 from __future__ import annotations
 
+import shutil
+import tarfile
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 
 from mobilenet_jax.interop import tf_slim
 from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, scaled_channels
@@ -38,14 +44,15 @@ def random_tensors(alpha: float, num_classes: int, seed: int) -> dict[str, np.nd
     return {k: v.astype(np.float32) for k, v in tensors.items()}
 
 
-def with_shadows(tensors: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+def with_shadows(tensors: dict[str, np.ndarray], seed: int, averaged: bool = False) -> dict[str, np.ndarray]:
     """`tensors` plus an ExponentialMovingAverage shadow of each (slightly different values),
-    a `global_step` and an RMSProp slot, as a training checkpoint holds them."""
+    a `global_step` and an RMSProp slot, as a training checkpoint holds them. With `averaged`,
+    `tensors` are the shadows and the raw variables the slightly different values."""
     rng = np.random.default_rng(seed)
-    out = dict(tensors)
+    out = {}
     for name, value in tensors.items():
-        scale = 1 + rng.uniform(-0.05, 0.05, value.shape)
-        out[name + tf_slim.EMA_SUFFIX] = (value * scale).astype(np.float32)
+        other = (value * (1 + rng.uniform(-0.05, 0.05, value.shape))).astype(np.float32)
+        out[name], out[name + tf_slim.EMA_SUFFIX] = (other, value) if averaged else (value, other)
     out["MobilenetV1/Conv2d_0/weights/RMSProp"] = np.ones_like(tensors["MobilenetV1/Conv2d_0/weights"])
     out["global_step"] = np.array(1234, np.int64)
     return out
@@ -59,6 +66,71 @@ def save_checkpoint(prefix: str, tensors: dict[str, np.ndarray]) -> str:
         tensors=[tf.constant(tensors[n]) for n in names],
     )
     return prefix
+
+
+def frozen_graph_def(tensors: dict[str, np.ndarray]) -> tf.compat.v1.GraphDef:
+    """A GraphDef holding `tensors` as constants of the same names, as freezing leaves the variables."""
+    graph = tf.compat.v1.GraphDef()
+    for name, value in tensors.items():
+        node = graph.node.add(name=name, op="Const")
+        node.attr["dtype"].type = tf.as_dtype(value.dtype).as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+    return graph
+
+
+def unfrozen(frozen: tf.compat.v1.GraphDef, names: set[str]) -> tf.compat.v1.GraphDef:
+    """`frozen` with its constants named in `names` turned back into variables: the eval graph."""
+    graph = tf.compat.v1.GraphDef()
+    graph.CopyFrom(frozen)
+    for node in graph.node:
+        if node.op == "Const" and node.name in names:
+            tensor = node.attr["value"].tensor
+            dtype, shape = tensor.dtype, tf.TensorShape(tensor.tensor_shape)
+            node.op = "VariableV2"
+            node.ClearField("attr")
+            node.attr["dtype"].type = dtype
+            node.attr["shape"].shape.CopyFrom(shape.as_proto())
+    return graph
+
+
+def save_meta_graph(path: str, eval_graph: tf.compat.v1.GraphDef, tensors: dict[str, np.ndarray]) -> None:
+    """Write a MetaGraph of `eval_graph` whose Saver restores each of `tensors` by name (the
+    graph's variables, plus new ones for those it lacks: shadows, slots, `global_step`)."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.import_graph_def(eval_graph, name="")
+        in_graph = {node.name for node in eval_graph.node}
+        saved = {
+            name: graph.get_tensor_by_name(name + ":0") if name in in_graph
+            else tf.compat.v1.Variable(tf.zeros(value.shape, value.dtype), name=name)
+            for name, value in tensors.items()
+        }
+        saver = tf.compat.v1.train.Saver(saved)
+        tf.compat.v1.train.export_meta_graph(filename=path, graph=graph, saver_def=saver.as_saver_def())
+
+
+def publish(folder: Path, frozen_graph: Path, checkpoint: dict[str, np.ndarray], input_name: str,
+            output_name: str, size: int) -> Path:
+    """Lay out `<folder>.tgz` as TF-Slim publishes a model (flat, `./` prefix, named after the
+    folder): the `checkpoint` with its MetaGraph, the frozen graph, its TFLite conversion, the
+    info file and the eval graph as text. `input_name` / `output_name` are op names in the graph."""
+    stem = folder.name
+    folder.mkdir(parents=True)
+    frozen = tf.compat.v1.GraphDef()
+    frozen.ParseFromString(frozen_graph.read_bytes())
+    eval_graph = unfrozen(frozen, set(checkpoint))
+    prefix = save_checkpoint(str(folder / f"{stem}.ckpt"), checkpoint)
+    save_meta_graph(prefix + ".meta", eval_graph, checkpoint)
+    shutil.copyfile(frozen_graph, folder / f"{stem}_frozen.pb")
+    (folder / f"{stem}_eval.pbtxt").write_text(text_format.MessageToString(eval_graph))
+    (folder / f"{stem}_info.txt").write_text(f"Model: {stem}\nInput: {input_name}\nOutput: {output_name}\n")
+    converter = tf.compat.v1.lite.TFLiteConverter.from_frozen_graph(
+        str(frozen_graph), [input_name], [output_name], {input_name: [1, size, size, 3]})
+    (folder / f"{stem}.tflite").write_bytes(converter.convert())
+    archive = folder.with_name(f"{stem}.tgz")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=".")
+    return archive
 
 
 def slim_forward(prefix: str, images: np.ndarray, use_ema: bool = True) -> np.ndarray:

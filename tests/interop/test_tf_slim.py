@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,35 @@ def test_missing_and_misshapen_variables_are_named(tmp_path):
         tf_slim.from_tf_slim(flat)
     with pytest.raises(FileNotFoundError, match="nothing.ckpt.index is missing"):
         tf_slim.from_tf_slim(tmp_path / "nothing.ckpt")
+
+
+@pytest.mark.parametrize("frozen_from", [*tf_slim.VALUE_SETS, None])
+def test_folder_with_a_frozen_graph_converts_it_and_logs_which_checkpoint_values_it_holds(
+        tmp_path, caplog, frozen_from):
+    raw = ref.random_tensors(0.25, 1001, seed=10)
+    checkpoint = ref.with_shadows(raw, seed=11)
+    ref.save_checkpoint(str(tmp_path / "mobilenet_v1_0.25_128.ckpt"), checkpoint)
+    other = ref.random_tensors(0.25, 1001, seed=12)  # values frozen from neither set
+    frozen = {name: checkpoint[name + tf_slim.VALUE_SETS[frozen_from]] if frozen_from else other[name] for name in raw}
+    graph = tmp_path / "mobilenet_v1_0.25_128_frozen.pb"
+    graph.write_bytes(ref.frozen_graph_def(frozen).SerializeToString())
+    caplog.set_level(logging.INFO, logger=tf_slim.__name__)
+    converted = tf_slim.from_tf_slim(tmp_path)
+    np.testing.assert_equal(flatten_dict(converted.variables), flatten_dict(tf_slim.from_tf_slim(frozen).variables))
+    [record] = [r for r in caplog.records if r.getMessage().startswith(f"{graph} holds")]
+    expected = f"the {frozen_from} of" if frozen_from else "neither the ExponentialMovingAverage shadows nor the raw"
+    assert f"holds {expected}" in record.getMessage()
+    assert record.levelno == (logging.INFO if frozen_from else logging.WARNING)
+    # Asked for a value set, the folder's checkpoint is read instead of the graph.
+    assert all(n.endswith(tf_slim.EMA_SUFFIX) for n in tf_slim.from_tf_slim(tmp_path, use_ema=True).origin.values())
+
+
+def test_folder_with_two_frozen_graphs_is_refused(tmp_path):
+    graph = ref.frozen_graph_def(ref.random_tensors(0.25, 1001, seed=13)).SerializeToString()
+    for name in ("mobilenet_v1_0.25_128_frozen.pb", "mobilenet_v1_0.5_128_frozen.pb"):
+        (tmp_path / name).write_bytes(graph)
+    with pytest.raises(ValueError, match="holds 2 frozen graphs.*pass the .pb to convert"):
+        tf_slim.from_tf_slim(tmp_path)
 
 
 def test_published_archive_is_recognised_extracted_and_converted(tmp_path, monkeypatch):
