@@ -29,21 +29,26 @@ def top_k(pretrained: Pretrained, images: Sequence[object], k: int = 5) -> list[
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the top-k labels of every image named on the command line."""
+    """Print the top-k labels of every image named on the command line; a bad weights reference or
+    image ends the command with one line and exit status 2."""
     parser = argparse.ArgumentParser(prog="python -m mobilenet_jax.classify", description=__doc__.split("\n")[0])
     parser.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
     parser.add_argument("--weights", default=DEFAULT_WEIGHTS,
-                        help=f"a registered name ({', '.join(sorted(REGISTRY)[:2])}, ...) or a local file")
+                        help=f"a registered name ({', '.join(sorted(REGISTRY)[:2])}, ...), a TF-Slim, Keras or timm "
+                             "file, a model file or a run's workdir, local or gs://")
     parser.add_argument("--top", type=int, default=5, help="how many labels to print per image")
     args = parser.parse_args(argv)
 
     from PIL import Image
 
-    pretrained = load_pretrained(args.weights)
-    images = []
-    for path in args.images:
-        with Image.open(path) as image:
-            images.append(image.convert("RGB"))
+    try:
+        pretrained = load_pretrained(args.weights)
+        images = []
+        for path in args.images:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+    except (ValueError, OSError) as error:  # their messages name the fix
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     for path, labels in zip(args.images, top_k(pretrained, images, args.top)):
         print(path)
         for name, probability in labels:

@@ -1,21 +1,18 @@
 """What an export starts from: a model, its variables, its input size and its preprocessing.
 
-`load_weights` accepts a run's workdir (its `mobilenet_v1.msgpack` and `config.json`), a model
-file written by `weights.save_model`, or a pretrained name.
+`load_weights` accepts every weights reference `pretrained.resolve_weights` does: a registered
+name, a TF-Slim, Keras or timm file, a model file written by `weights.save_model`, or a run's
+workdir (its `mobilenet_v1.msgpack` and `config.json`), each local or gs://.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping
 
-
-from mobilenet_jax import weights
 from mobilenet_jax.interop.preprocessing import normalization_of
-from mobilenet_jax.interop.pretrained import load_pretrained
+from mobilenet_jax.interop.pretrained import resolve_weights
 from mobilenet_jax.model import MIN_INPUT_SIZE, MobileNetV1
-from mobilenet_jax.paths import to_path
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_NORMALIZATION = "imagenet"
@@ -38,45 +35,18 @@ class Deployable:
 def load_weights(
     weights_ref: str, *, image_size: int | None = None, normalization: str | None = None
 ) -> Deployable:
-    """The model behind `weights_ref`: a workdir, a `.msgpack` model file or a pretrained name.
+    """The model behind `weights_ref`: any weights reference (`pretrained.resolve_weights`).
 
-    A workdir's `config.json` supplies the image size and normalisation of its training run;
-    `image_size` and `normalization` override them (a bare model file has neither: 224 and
-    "imagenet", the project's defaults, unless given).
+    The preprocessing the weights record (a run's `config.json`, a registry entry's, a
+    `save_pretrained` sidecar) supplies the image size and normalisation; `image_size` and
+    `normalization` override them (a bare model file records neither: 224 and "imagenet", the
+    project's defaults, unless given).
     """
-    settings: dict[str, Any] = {}
-    if to_path(weights_ref).is_dir():
-        path = str(to_path(weights_ref) / weights.MODEL_FILE)
-        if not to_path(path).exists():
-            raise FileNotFoundError(f"{path} is missing: the run in {weights_ref} has not finished; train it first")
-        settings = _run_settings(weights_ref)
-        model, variables = weights.load_model(path)
-    elif to_path(weights_ref).exists() or weights_ref.endswith(".msgpack"):
-        if not to_path(weights_ref).exists():
-            raise FileNotFoundError(f"weights file {weights_ref} does not exist; pass a model file, workdir or name")
-        model, variables = weights.load_model(weights_ref)
-    else:
-        model, variables, settings = _pretrained(weights_ref)
-    overrides = {"image_size": image_size, "normalization": normalization}
-    settings.update({key: value for key, value in overrides.items() if value is not None})
-    return Deployable(model, variables, **settings)
-
-
-def _run_settings(workdir: str) -> dict[str, Any]:
-    """Image size and normalisation recorded by a training run (flat keys), where present."""
-    from mobilenet_jax.training.checkpoint import CONFIG_FILE  # the training extra, needed for workdirs only
-
-    config_path = to_path(workdir) / CONFIG_FILE
-    if not config_path.exists():
-        return {}
-    config = json.loads(config_path.read_text())
-    return {key: config[key] for key in ("image_size", "normalization") if key in config}
-
-
-def _pretrained(name: str) -> tuple[MobileNetV1, Mapping[str, Any], dict[str, Any]]:
-    """Model, variables and settings from the registry's (model, variables, preprocessing)."""
-    model, variables, preprocessing = load_pretrained(name)
-    return model, variables, {"image_size": preprocessing.size, "normalization": normalization_of(preprocessing)}
+    model, variables, preprocessing = resolve_weights(weights_ref)
+    if preprocessing is not None:
+        image_size = image_size or preprocessing.size
+        normalization = normalization or normalization_of(preprocessing)
+    return Deployable(model, variables, image_size or DEFAULT_IMAGE_SIZE, normalization or DEFAULT_NORMALIZATION)
 
 
 def check_kind(

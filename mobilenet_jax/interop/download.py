@@ -4,7 +4,8 @@ The cache is `$MOBILENET_JAX_CACHE`, by default `~/.cache/mobilenet_jax`. A down
 into a temporary file beside its destination and is renamed into place only when complete and,
 where a sha256 is known, matching; otherwise nothing is left behind. For files whose sha256 is
 not pinned, the first download's digest is recorded beside the file (`<file>.sha256`) and every
-later use is checked against it.
+later use is checked against it. `local_copy` brings gs:// files into the cache for the readers
+that need a local file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+
+from etils import epath
+
+from mobilenet_jax.paths import to_path
 
 CACHE_ENV = "MOBILENET_JAX_CACHE"
 _CHUNK = 1 << 20
@@ -71,6 +76,9 @@ def _download_to_temporary(url: str, destination: Path, timeout: float) -> tuple
         if expected is not None and received != int(expected):
             raise OSError(f"download of {url} was cut off: {received} of {expected} bytes; call again to retry")
         return temporary, digest.hexdigest()
+    except urllib.error.HTTPError as error:  # the server answered: the file is not (or no longer) there
+        temporary.unlink(missing_ok=True)
+        raise OSError(f"HTTP {error.code} {error.reason} for {url}; pass a copy of the file you have") from error
     except urllib.error.URLError as error:
         temporary.unlink(missing_ok=True)
         raise OSError(f"cannot download {url} ({error.reason}); without internet, pass the file you have") from error
@@ -110,3 +118,34 @@ def fetch(url: str, filename: str, sha256: str | None, cache: str | os.PathLike 
             stacklevel=2,
         )
     return path
+
+
+def local_copy(path: str | os.PathLike) -> Path:
+    """`path` on the local disk: a gs:// file, folder or checkpoint prefix is copied into the cache first.
+
+    A file or prefix (or a prefix's `.index`) brings every object named `<prefix>` or
+    `<prefix>.*` beside it; a folder, everything under it. Each call copies again, so the copy
+    follows the bucket.
+    """
+    path = to_path(path)
+    if "://" not in os.fspath(path):
+        return Path(path)
+    target = cache_dir() / os.fspath(path).replace("://", "/", 1)
+    if path.is_dir():
+        for folder, _, names in path.walk():
+            for name in names:
+                _copy(folder / name, target / (folder / name).relative_to(path))
+        return target
+    prefix = path.name.removesuffix(".index")
+    for source in path.parent.glob(prefix + "*"):
+        if source.name == prefix or source.name.startswith(prefix + "."):
+            _copy(source, target.with_name(source.name))
+    return target
+
+
+def _copy(source: epath.Path, destination: Path) -> None:
+    """Copy the file `source` to `destination`, renamed into place when complete."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    partial = destination.with_name(destination.name + ".part")
+    source.copy(partial, overwrite=True)
+    os.replace(partial, destination)

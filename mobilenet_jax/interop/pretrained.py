@@ -1,15 +1,21 @@
-"""Named pretrained ImageNet weights: where they are published, how to convert and feed them.
+"""Weights by reference: named pretrained ImageNet weights, published files, model files and runs.
 
-`load_pretrained("mobilenet_v1_100_224.tf_slim")` downloads the published file once into the
-cache (`download.cache_dir()`), checks its sha256, converts it and returns the model, its
-variables and the preprocessing the weights were evaluated with. A local file works too, for
-machines without internet: `load_pretrained(name, file=path)`, or `load_pretrained(path)` for a
-file in any supported format (a published file is recognised by its name).
+`resolve_weights(reference)` is the one function every command and the config use to turn a
+weights reference into a model, its variables and its preprocessing. A reference is a
+registered name (`REGISTRY`: downloaded once into the cache, `download.cache_dir()`, checked
+against its sha256 and converted); a TF-Slim checkpoint prefix, its `.index` file, a folder
+holding one, a published tarball or a frozen `.pb`; a Keras `.h5`; a timm `.safetensors` or
+`.pth`; a model file (`weights.save_model`, optionally with `save_pretrained`'s preprocessing
+beside it); or a finished training run's workdir. Each may be local or `gs://`. A published
+file name (or the published files in a folder) selects its registry entry, and with it the
+preprocessing the weights were evaluated with.
 
 Top-1 figures are the publishers' own (TF-Slim `mobilenet_v1.md`, keras.io, timm
-`results-imagenet.csv`), not measured by this project. No sha256 is pinned yet: the files could
-not be fetched where this registry was written, so each is recorded on first download instead.
+`results-imagenet.csv`), not measured by this project. The sha256 of three TF-Slim archives is
+pinned from their publishers' build files (tensorflow `workspace2.bzl`, open_model_zoo
+`model.yml`); for every other file the first download's digest is recorded and enforced.
 """
+
 
 from __future__ import annotations
 
@@ -20,19 +26,40 @@ import tarfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+from etils import epath
+
 from mobilenet_jax import weights
+from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop import download, keras, tf_slim, timm
 from mobilenet_jax.interop.layout import Converted
 from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing
 from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax.paths import to_path
 
 PREPROCESSING_SUFFIX = ".preprocessing.json"
+RUN_CONFIG = "config.json"  # what a training run records beside its model (training.checkpoint.CONFIG_FILE)
 CONVERTERS: dict[str, Callable[[Any], Converted]] = {
     "tf_slim": tf_slim.from_tf_slim, "keras": keras.from_keras, "timm": timm.from_timm,
 }
 # The model fields each source's conventions need (activation, padding, BatchNorm, width floor).
 SOURCE_FIELDS: dict[str, dict[str, Any]] = {"tf_slim": tf_slim.FIELDS, "keras": keras.FIELDS, "timm": timm.FIELDS}
+# The evaluation preprocessing of each source's weights where no registry entry names a size.
+SOURCE_PREPROCESSING: dict[str, Preprocessing] = {"tf_slim": TF_SLIM, "keras": TF_SLIM, "timm": TIMM}
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
+_FILE_SOURCES = (  # (name endings, converter) of single weights files
+    ((*_ARCHIVE_SUFFIXES, ".index", tf_slim.FROZEN_GRAPH_SUFFIX), "tf_slim"),
+    ((".h5",), "keras"),
+    ((".safetensors", ".pth", ".pt", ".bin"), "timm"),
+)
+# What a published file adds to the stem it shares with its siblings (TF-Slim's `<stem>.ckpt.index`,
+# `<stem>_frozen.pb`, `<stem>.tgz`) or with its cache copy (`<registry name>.<suffix>`).
+_PUBLISHED_SUFFIXES = (*_ARCHIVE_SUFFIXES, ".ckpt.index", ".ckpt", "_frozen.pb", ".h5", ".safetensors")
+ACCEPTED = (
+    "accepted: a registered name (see mobilenet_jax.pretrained.REGISTRY); a TF-Slim checkpoint prefix, its "
+    ".index file, a folder holding one, a published .tgz / .tar.gz / .tar or a frozen .pb; a Keras .h5; a timm "
+    ".safetensors or .pth; a model file (x.msgpack with x.msgpack.json); or a finished training run's workdir; "
+    "each local or gs://"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,13 +91,22 @@ class PretrainedWeights:
         suffix = next((s for s in _ARCHIVE_SUFFIXES if url_name.endswith(s)), Path(url_name).suffix)
         return self.name + suffix
 
+    @property
+    def stems(self) -> set[str]:
+        """The stems of the published file's name and of its cache copy's (the registry name)."""
+        return {_stem(self.url.rsplit("/", 1)[-1]), self.name}
+
 
 class Pretrained(NamedTuple):
-    """A loaded model: `model.apply(variables, preprocessing(image)[None])` gives its logits."""
+    """A loaded model: `model.apply(variables, preprocessing(image)[None])` gives its logits.
+
+    `resolve_weights` leaves `preprocessing` None for a model file that records none;
+    `load_pretrained` always sets it.
+    """
 
     model: MobileNetV1
     variables: dict[str, Any]
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None
 
     @property
     def fields(self) -> dict[str, Any]:
@@ -78,12 +114,22 @@ class Pretrained(NamedTuple):
         return weights.model_fields(self.model)
 
 
+# The published TF-Slim archives' sha256, by (alpha, size): `mobilenet_v1_1.0_224.tgz` from
+# tensorflow/tensorflow `workspace2.bzl` (tflite_mobilenet_float), the others from
+# openvinotoolkit/open_model_zoo `model.yml` files.
+TF_SLIM_SHA256 = {
+    (1.0, 224): "2fadeabb9968ec6833bee903900dda6e61b3947200535874ce2fe42a8493abc0",
+    (0.25, 128): "879ddc3e0857f3611b5cf248e36de2288c7a11ea8c2ed8a8bdded635e6010dfe",
+    (0.5, 224): "98cf7a39552f73920cb99617cfa9b88d5732a87abf9ec14f7cc7f3ade1db0aaa",
+}
+
+
 def _tf_slim(alpha: float, size: int, top1: float) -> PretrainedWeights:
     alpha_text = {1.0: "1.0", 0.75: "0.75", 0.5: "0.5", 0.25: "0.25"}[alpha]
     return PretrainedWeights(
         f"mobilenet_v1_{round(alpha * 100):03d}_{size}.tf_slim", "tf_slim",
-        f"http://download.tensorflow.org/models/mobilenet_v1_2018_02_22/mobilenet_v1_{alpha_text}_{size}.tgz",
-        None, alpha, 1001, dataclasses.replace(TF_SLIM, size=size), top1,
+        f"https://download.tensorflow.org/models/mobilenet_v1_2018_08_02/mobilenet_v1_{alpha_text}_{size}.tgz",
+        TF_SLIM_SHA256.get((alpha, size)), alpha, 1001, dataclasses.replace(TF_SLIM, size=size), top1,
     )
 
 
@@ -96,10 +142,10 @@ def _keras(alpha: float, size: int, top1: float | None) -> PretrainedWeights:
     )
 
 
-def _timm(alpha: float, tag: str, crop_fraction: float, top1: float) -> PretrainedWeights:
+def _timm(alpha: float, tag: str, revision: str, crop_fraction: float, top1: float) -> PretrainedWeights:
     return PretrainedWeights(
         f"mobilenet_v1_{round(alpha * 100):03d}_224.timm", "timm",
-        f"https://huggingface.co/timm/{tag}/resolve/main/model.safetensors",
+        f"https://huggingface.co/timm/{tag}/resolve/{revision}/model.safetensors",
         None, alpha, 1000, dataclasses.replace(TIMM, crop_fraction=crop_fraction), top1,
     )
 
@@ -119,8 +165,9 @@ REGISTRY: dict[str, PretrainedWeights] = {
     for w in (
         *(_tf_slim(alpha, size, top1) for (alpha, size), top1 in TF_SLIM_TOP1.items()),
         *(_keras(alpha, size, KERAS_TOP1.get((alpha, size))) for alpha, size in TF_SLIM_TOP1),
-        _timm(1.0, "mobilenetv1_100.ra4_e3600_r224_in1k", 0.875, 75.388),
-        _timm(1.25, "mobilenetv1_125.ra4_e3600_r224_in1k", 0.9, 76.920),
+        # Hub revisions: the commits that added each model.safetensors ("Add model").
+        _timm(1.0, "mobilenetv1_100.ra4_e3600_r224_in1k", "dda9ab42e23f3061aa191630817df76e8fe9cace", 0.875, 75.388),
+        _timm(1.25, "mobilenetv1_125.ra4_e3600_r224_in1k", "c59613f4f7c8154cc48d2c1c1d02007751309983", 0.9, 76.920),
     )
 }
 
@@ -138,26 +185,34 @@ def _extract(archive: Path) -> Path:
     return target
 
 
-def source_of(path: str | os.PathLike) -> str:
-    """The converter that reads the file or folder at `path`: "tf_slim", "keras", "timm" or "model"."""
-    path = Path(path)
-    name = path.name
-    if Path(str(path) + weights.FIELDS_SUFFIX).exists():
-        return "model"
-    if path.is_dir() or name.endswith((*_ARCHIVE_SUFFIXES, ".index")) or Path(str(path) + ".index").exists():
+def _stem(name: str) -> str:
+    """`name` without the ending a published weights file adds to its stem."""
+    return next((name[: -len(s)] for s in _PUBLISHED_SUFFIXES if name.endswith(s)), name)
+
+
+def source_of(reference: str | os.PathLike) -> str:
+    """What reads the weights at the path `reference` (local or gs://): "model", "tf_slim", "keras" or "timm".
+
+    Anything else raises one line naming what is accepted (FileNotFoundError for a missing file).
+    """
+    path = to_path(reference)
+    if path.is_dir() or to_path(os.fspath(path) + ".index").exists():
         return "tf_slim"
-    if name.endswith(".h5"):
-        return "keras"
-    if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
-        return "timm"
-    raise ValueError(
-        f"cannot tell the format of {path}: expected a TF-Slim checkpoint (prefix, folder or .tgz), a Keras "
-        f".h5, a timm .safetensors / .pth, or a model file saved with save_pretrained"
-    )
+    is_model = path.name.endswith(".msgpack") or to_path(os.fspath(path) + weights.FIELDS_SUFFIX).exists()
+    source = "model" if is_model else next((s for endings, s in _FILE_SOURCES if path.name.endswith(endings)), None)
+    given = os.fspath(reference)
+    if source is None and path.exists():
+        raise ValueError(f"{given!r} is in no format a converter reads; {ACCEPTED}")
+    if source is None:
+        raise ValueError(f"{given!r} is neither a registered name nor an existing path; {ACCEPTED}; "
+                         f"registered: {', '.join(sorted(REGISTRY))}")
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {given} does not exist; {ACCEPTED}")
+    return source
 
 
 def convert_file(path: str | os.PathLike, source: str) -> Converted:
-    """Convert the file at `path` with the converter named `source` (archives are extracted)."""
+    """Convert the local file or folder at `path` with the converter named `source` (archives are extracted)."""
     if source not in CONVERTERS:
         raise ValueError(f"source must be one of {tuple(CONVERTERS)}, got {source!r}")
     path = Path(path)
@@ -166,17 +221,30 @@ def convert_file(path: str | os.PathLike, source: str) -> Converted:
     return CONVERTERS[source](path)
 
 
-def _published(path: Path) -> PretrainedWeights | None:
-    """The registry entry whose published (or cache) file name is `path`'s, if exactly one."""
-    matches = [w for w in REGISTRY.values() if path.name in (w.filename, w.url.rsplit("/", 1)[-1])]
-    return matches[0] if len(matches) == 1 else None
+def _published(path: Path, converted: Converted) -> PretrainedWeights | None:
+    """The registry entry published under `path`'s name (or a name in the folder `path`) whose
+    model `converted` is: the model's alpha tells apart entries that share a file name."""
+    names = [path.name, *(p.name for p in path.iterdir())] if path.is_dir() else [path.name]
+    stems = {_stem(name) for name in names}
+    return next((w for w in REGISTRY.values() if w.stems & stems and w.fields == converted.fields), None)
+
+
+def _convert(reference: str, source: str) -> Pretrained:
+    """A TF-Slim, Keras or timm file (local or gs://) converted, with its publisher's preprocessing."""
+    path = download.local_copy(reference)
+    converted = convert_file(path, source)
+    entry = _published(path, converted)
+    preprocessing = entry.preprocessing if entry else SOURCE_PREPROCESSING[source]
+    return Pretrained(converted.model(), converted.variables, preprocessing)
 
 
 def _load_entry(entry: PretrainedWeights, file: str | os.PathLike | None) -> Pretrained:
+    """The registry entry's weights: downloaded once, or `file` (local or gs://): the published
+    file (checked against the pinned sha256, if any) or its contents, e.g. a checkpoint prefix."""
     if file is None:
         path = download.fetch(entry.url, entry.filename, entry.sha256)
     else:
-        path = Path(file)
+        path = download.local_copy(file)
         if path.is_file() and path.name.endswith(Path(entry.filename).suffix):  # the published file itself
             download.check_sha256(path, entry.sha256)
     converted = convert_file(path, entry.source)
@@ -189,39 +257,76 @@ def _load_entry(entry: PretrainedWeights, file: str | os.PathLike | None) -> Pre
     return Pretrained(converted.model(), converted.variables, entry.preprocessing)
 
 
+def _run_preprocessing(config: dict[str, Any]) -> Preprocessing | None:
+    """The evaluation preprocessing of a training run, from the image size and normalisation its
+    config.json records (TF-Slim's central crop and bilinear resize); None if it records none."""
+    if config.get("normalization") not in NORMALIZATIONS:
+        return None
+    mean, std = (tuple(v / 255 for v in values) for values in NORMALIZATIONS[config["normalization"]])
+    return dataclasses.replace(TF_SLIM, size=config.get("image_size", TF_SLIM.size), mean=mean, std=std)
+
+
+def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
+    """The preprocessing recorded beside the model file at `path`: `save_pretrained`'s, else that
+    of the training run whose workdir holds it, else None."""
+    sidecar = to_path(os.fspath(path) + PREPROCESSING_SUFFIX)
+    if sidecar.exists():
+        return Preprocessing(**_tuples(json.loads(sidecar.read_text())))
+    run_config = path.parent / RUN_CONFIG
+    return _run_preprocessing(json.loads(run_config.read_text())) if run_config.exists() else None
+
+
+def _load_model_file(path: epath.Path) -> Pretrained:
+    """A model file written by `weights.save_model` (local or gs://) with its recorded preprocessing."""
+    model, variables = weights.load_model(os.fspath(path))
+    return Pretrained(model, variables, _recorded_preprocessing(path))
+
+
+def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None = None) -> Pretrained:
+    """(model, variables, preprocessing) of any weights reference (see the module docstring).
+
+    `file` stands in for a registered name's download (the published file, or its contents).
+    preprocessing is None for a model file that records none (no `save_pretrained` sidecar, not
+    in a run's workdir). A reference that names nothing raises one line listing what is accepted.
+    """
+    key = os.fspath(reference)
+    if key in REGISTRY:
+        return _load_entry(REGISTRY[key], file)
+    if file is not None:
+        raise ValueError(f"file= stands in for a registered name's download; {key!r} is not one: pass the file alone")
+    path = to_path(key)
+    if path.is_dir() and (path / weights.MODEL_FILE).exists():
+        return _load_model_file(path / weights.MODEL_FILE)
+    if path.is_dir() and (path / RUN_CONFIG).exists():
+        raise FileNotFoundError(
+            f"{key} is a workdir without {weights.MODEL_FILE}: the run has not finished; let that run finish, "
+            f"or pass a model file"
+        )
+    source = source_of(key)
+    return _load_model_file(path) if source == "model" else _convert(key, source)
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike,
     *,
     file: str | os.PathLike | None = None,
     preprocessing: Preprocessing | None = None,
 ) -> Pretrained:
-    """(model, variables, preprocessing) for registered weights or a local file.
+    """(model, variables, preprocessing) for any weights reference (`resolve_weights`).
 
     A registry name downloads (once) and converts the published file, or converts `file` when
-    given (the published file, checked against the pinned sha256 if any, or its contents, such
-    as an extracted TF-Slim checkpoint prefix). A path is converted by its format; a
-    published file name selects its registry entry, other files get their family's preprocessing
-    at 224 (TF-Slim / Keras or timm). A model file written by `save_pretrained` (or
-    `weights.save_model`, with `preprocessing` given) loads directly. `preprocessing` overrides.
+    given. A published file name selects its registry entry; other files get their family's
+    preprocessing at 224 (TF-Slim / Keras or timm). `preprocessing` overrides; a model file that
+    records none needs it.
     """
-    key = str(name_or_path)
-    if key in REGISTRY:
-        loaded = _load_entry(REGISTRY[key], file)
-    elif not Path(key).exists():
-        raise ValueError(f"{key!r} is neither a registered name nor an existing path; registered: {sorted(REGISTRY)}")
-    elif entry := _published(Path(key)):
-        loaded = _load_entry(entry, key)
-    elif (source := source_of(key)) == "model":
-        model, variables = weights.load_model(key)
-        sidecar = Path(key + PREPROCESSING_SUFFIX)
-        if preprocessing is None and not sidecar.exists():
-            raise FileNotFoundError(f"{sidecar} is missing: pass preprocessing= or save the model with save_pretrained")
-        recipe = preprocessing or Preprocessing(**_tuples(json.loads(sidecar.read_text())))
-        loaded = Pretrained(model, variables, recipe)
-    else:
-        converted = convert_file(key, source)
-        loaded = Pretrained(converted.model(), converted.variables, TIMM if source == "timm" else TF_SLIM)
-    return loaded._replace(preprocessing=preprocessing) if preprocessing else loaded
+    loaded = resolve_weights(name_or_path, file)
+    recipe = preprocessing or loaded.preprocessing
+    if recipe is None:
+        raise FileNotFoundError(
+            f"{os.fspath(name_or_path)} records no preprocessing (no {PREPROCESSING_SUFFIX} beside it, no run "
+            f"{RUN_CONFIG}): pass preprocessing= or save the model with save_pretrained"
+        )
+    return loaded._replace(preprocessing=recipe)
 
 
 def _tuples(recipe: dict[str, Any]) -> dict[str, Any]:
@@ -232,5 +337,7 @@ def _tuples(recipe: dict[str, Any]) -> dict[str, Any]:
 def save_pretrained(path: str | os.PathLike, pretrained: Pretrained) -> None:
     """Write a loaded model as a model file (`weights.save_model`) plus its preprocessing beside it,
     so that `load_pretrained(path)` gives it back without converting again."""
-    weights.save_model(str(path), pretrained.model, pretrained.variables)
-    Path(str(path) + PREPROCESSING_SUFFIX).write_text(json.dumps(dataclasses.asdict(pretrained.preprocessing), indent=1))
+    weights.save_model(os.fspath(path), pretrained.model, pretrained.variables)
+    to_path(os.fspath(path) + PREPROCESSING_SUFFIX).write_text(
+        json.dumps(dataclasses.asdict(pretrained.preprocessing), indent=1)
+    )

@@ -1,10 +1,11 @@
 """Initial variables for fine-tuning: `config.init_from` loaded once, then merged into a fresh state.
 
-`init_from` is a registered pretrained name (`mobilenet_v1_100_224.tf_slim`), a file that
-`load_pretrained` converts (TF-Slim, Keras, timm, or a model file written by `save_pretrained`),
-an exported `mobilenet_v1.msgpack` (with its `.json` fields beside it), or a finished run's
-workdir (its `mobilenet_v1.msgpack`). The backbone always comes from these weights; the
-classifier is kept when its shape matches the dataset's class count and re-initialised otherwise.
+`init_from` is any weights reference `pretrained.resolve_weights` accepts: a registered pretrained
+name (`mobilenet_v1_100_224.tf_slim`), a TF-Slim, Keras or timm file, a model file (with its
+`.json` fields beside it), or a finished run's workdir, each local or gs://. The normalisation
+is the one the weights record (a run's `config.json`, a registry entry's), None where they
+record none. The backbone always comes from these weights; the classifier is kept when its
+shape matches the dataset's class count and re-initialised otherwise.
 Float weights fine-tuned quantization-aware (`quantization="int8"`) have no activation ranges:
 those start fresh and are tracked from the first training batch.
 """
@@ -12,19 +13,15 @@ those start fresh and are tracked from the first training batch.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from mobilenet_jax import weights
-from mobilenet_jax.paths import to_path
 from mobilenet_jax.interop import pretrained
 from mobilenet_jax.interop.preprocessing import normalization_of
 from mobilenet_jax.model import is_activation_range
-from mobilenet_jax.training.checkpoint import CONFIG_FILE
 from mobilenet_jax.training.optim import CLASSIFIER
 from mobilenet_jax.training.state import TrainState
 
@@ -43,31 +40,14 @@ class Initial:
 
 
 def load_initial(init_from: str) -> Initial:
-    """The weights `init_from` names; a ValueError says what it accepts when it names none."""
-    path = to_path(init_from)
-    if path.is_dir() and (path / weights.MODEL_FILE).exists():
-        path = path / weights.MODEL_FILE
-    is_exported = path.name.endswith(".msgpack") and to_path(str(path) + weights.FIELDS_SUFFIX).exists()
-    if is_exported and not to_path(str(path) + pretrained.PREPROCESSING_SUFFIX).exists():
-        model, variables = weights.load_model(str(path))
-        return Initial(init_from, weights.model_fields(model), variables, _recorded_normalization(path.parent))
-    if path.is_dir() and (path / CONFIG_FILE).exists():
-        raise ValueError(
-            f"init_from={init_from!r} is a workdir without {weights.MODEL_FILE}: let that run finish, or pass a model file"
-        )
+    """The weights `init_from` names (`pretrained.resolve_weights`); a ValueError says what it accepts
+    when it names none."""
     try:
-        loaded = pretrained.load_pretrained(init_from)
+        loaded = pretrained.resolve_weights(init_from)
     except FileNotFoundError as error:
         raise ValueError(f"init_from={init_from!r}: {error}") from error
-    return Initial(init_from, loaded.fields, loaded.variables, normalization_of(loaded.preprocessing))
-
-
-def _recorded_normalization(folder: Any) -> str | None:
-    """The normalisation the run in `folder` trained with, from its config.json, if it has one."""
-    config_file = folder / CONFIG_FILE
-    if not config_file.exists():
-        return None
-    return json.loads(config_file.read_text()).get("normalization")
+    recipe = loaded.preprocessing
+    return Initial(init_from, loaded.fields, loaded.variables, normalization_of(recipe) if recipe else None)
 
 
 def merge(fresh: dict[str, Any], initial: dict[str, Any], collection: str) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def test_errors_are_one_line(argv, message, monkeypatch):
 def test_pretrained_preprocessing_sets_size_and_normalization(model_file, monkeypatch):
     preprocessing = types.SimpleNamespace(size=160, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     model, variables = weights.load_model(model_file[0])
-    monkeypatch.setattr(source, "load_pretrained", lambda name: (model, variables, preprocessing))
+    monkeypatch.setattr(source, "resolve_weights", lambda name: (model, variables, preprocessing))
     deployable = load_weights("mobilenet_v1_025_160.keras")
     assert (deployable.image_size, deployable.normalization) == (160, "inception")
 

@@ -109,13 +109,56 @@ def test_registry_covers_every_published_source_with_its_recipe():
     assert len([n for n in registry if n.endswith(".keras")]) == 16
     slim, keras, timm = (registry[f"mobilenet_v1_100_224.{s}"] for s in ("tf_slim", "keras", "timm"))
     assert (slim.top1, keras.top1, round(timm.top1, 1)) == (70.9, 70.4, 75.4)
-    assert slim.url.endswith("mobilenet_v1_2018_02_22/mobilenet_v1_1.0_224.tgz") and slim.num_classes == 1001
+    assert slim.url == "https://download.tensorflow.org/models/mobilenet_v1_2018_08_02/mobilenet_v1_1.0_224.tgz"
+    assert all(w.url.startswith("https://") for w in registry.values())
+    assert slim.num_classes == 1001
     assert keras.url.endswith("mobilenet_1_0_224_tf.h5") and keras.num_classes == 1000
-    assert timm.url.endswith("mobilenetv1_100.ra4_e3600_r224_in1k/resolve/main/model.safetensors")
+    assert timm.url == ("https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/"
+                        "dda9ab42e23f3061aa191630817df76e8fe9cace/model.safetensors")
     assert registry["mobilenet_v1_025_128.tf_slim"].preprocessing.size == 128
     assert (slim.preprocessing.interpolation, timm.preprocessing.interpolation) == ("bilinear", "bicubic")
-    assert all(w.sha256 is None for w in registry.values())  # none pinned yet: recorded on first download
     assert "mobilenetv1_100h" not in str(registry)
+
+
+def test_the_published_tf_slim_digests_are_pinned():
+    pinned = {w.url.rsplit("/", 1)[-1]: w.sha256 for w in pretrained.REGISTRY.values() if w.sha256}
+    assert pinned == {
+        "mobilenet_v1_1.0_224.tgz": "2fadeabb9968ec6833bee903900dda6e61b3947200535874ce2fe42a8493abc0",
+        "mobilenet_v1_0.25_128.tgz": "879ddc3e0857f3611b5cf248e36de2288c7a11ea8c2ed8a8bdded635e6010dfe",
+        "mobilenet_v1_0.5_224.tgz": "98cf7a39552f73920cb99617cfa9b88d5732a87abf9ec14f7cc7f3ade1db0aaa",
+    }
+
+
+def framed(width: int, height: int, border: int) -> np.ndarray:
+    """A white image with a black frame `border` pixels wide."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[border:-border, border:-border] = 255
+    return pixels
+
+
+def test_timm_125_resizes_to_248_and_crops_0_9():
+    recipe = pretrained.REGISTRY["mobilenet_v1_125_224.timm"].preprocessing
+    assert (recipe.size, recipe.crop_fraction, recipe.resize) == (224, 0.9, "resize_then_crop")
+    assert pretrained.REGISTRY["mobilenet_v1_100_224.timm"].preprocessing.crop_fraction == 0.875
+    # Shorter side 248 = floor(224 / 0.9): kept as it is, then 12 pixels cropped off each side.
+    assert np.all(recipe(framed(300, 248, 12)) == 1.0)
+    assert np.any(recipe(framed(300, 248, 13)) == -1.0)
+    assert np.any(recipe(framed(300, 256, 16)) == -1.0)  # not timm _100's 256 = floor(224 / 0.875)
+
+
+@pytest.mark.parametrize("alpha, entry", [(1.0, "mobilenet_v1_100_224.timm"), (1.25, "mobilenet_v1_125_224.timm"),
+                                          (0.25, None)])
+def test_a_bare_model_safetensors_is_told_apart_by_its_width(tmp_path, alpha, entry):
+    path = timm_state.write_safetensors(str(tmp_path / "model.safetensors"), alpha)
+    loaded = pretrained.load_pretrained(path)
+    expected = pretrained.REGISTRY[entry].preprocessing if entry else TIMM
+    assert loaded.preprocessing == expected and loaded.model.alpha == alpha
+
+
+def test_run_config_is_the_one_training_writes():
+    from mobilenet_jax.training.checkpoint import CONFIG_FILE
+
+    assert pretrained.RUN_CONFIG == CONFIG_FILE
 
 
 @pytest.fixture
@@ -167,7 +210,7 @@ def test_paths_convert_by_format_and_saved_models_load_back(tmp_path):
     again = pretrained.load_pretrained(str(tmp_path / "saved.msgpack"))
     assert again.fields == loaded.fields and again.preprocessing == loaded.preprocessing
     np.testing.assert_equal(flatten_dict(again.variables), flatten_dict(loaded.variables))
-    with pytest.raises(ValueError, match="cannot tell the format"):
+    with pytest.raises(ValueError, match="'.*x.onnx' is in no format a converter reads; accepted: a registered name"):
         (tmp_path / "x.onnx").write_bytes(b"")
         pretrained.load_pretrained(str(tmp_path / "x.onnx"))
 
@@ -182,6 +225,12 @@ def test_loading_code_imports_no_framework():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_missing_file_is_reported_with_its_http_status(server, tmp_path):
+    with pytest.raises(OSError, match=rf"^HTTP 404 Not Found for {server.url}/gone.bin; pass a copy of the file you have$"):
+        download.fetch(server.url + "/gone.bin", "w.bin", None, cache=tmp_path)
+    assert cache_files(tmp_path) == []
 
 
 def test_unreachable_server_is_named_with_the_offline_fix(tmp_path):
