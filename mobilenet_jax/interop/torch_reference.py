@@ -2,41 +2,65 @@
 
 The classic reference: every conv bias-free with BatchNorm (eps 1e-5, momentum 0.1) and ReLU,
 padding 1 on both sides at every stride, stride on the depthwise conv, average pool, linear.
-Generalised to a width multiplier, any class count, ReLU6 and any input size (a global mean
-where the original has `AvgPool2d(7)`: the same at 224).
+Generalised to a width multiplier, any class count, ReLU6, any BatchNorm epsilon, TensorFlow's
+SAME padding (as TF-Slim and Keras weights need) and any input size (a global mean where the
+original has `AvgPool2d(7)`: the same at 224).
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, scaled_channels
+from mobilenet_jax.ops.conv import check_padding, conv_padding
 
 TORCH_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+class SameConv2d(nn.Conv2d):
+    """An unpadded nn.Conv2d that first pads its input by TensorFlow's SAME rule for that input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (top, bottom), (left, right) = conv_padding(tuple(x.shape[2:]), self.kernel_size[0], self.stride[0], "same")
+        return super().forward(F.pad(x, (left, right, top, bottom)))
 
 
 class ConvBNAct(nn.Sequential):
     """Bias-free conv, BatchNorm2d, activation; groups = channels makes it depthwise."""
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, groups: int, activation: str):
+    def __init__(
+        self, c_in: int, c_out: int, kernel: int, stride: int, groups: int,
+        activation: str, padding: str, bn_epsilon: float,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(c_out)
+        if padding == "same" and kernel > 1:  # a 1x1 conv pads nothing under either rule
+            self.conv = SameConv2d(c_in, c_out, kernel, stride, groups=groups, bias=False)
+        else:
+            self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, eps=bn_epsilon)
         self.act = TORCH_ACTIVATIONS[activation](inplace=True)
 
 
 class DepthwiseSeparable(nn.Sequential):
-    """Depthwise 3x3 (carrying the stride) then pointwise 1x1, each with BN and activation."""
+    """Depthwise 3x3 (carrying the stride) then pointwise 1x1; `layer` builds each ConvBNAct."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, activation: str):
+    def __init__(self, c_in: int, c_out: int, stride: int, layer: Callable[..., ConvBNAct]):
         super().__init__()
-        self.depthwise = ConvBNAct(c_in, c_in, 3, stride, c_in, activation)
-        self.pointwise = ConvBNAct(c_in, c_out, 1, 1, 1, activation)
+        self.depthwise = layer(c_in, c_in, 3, stride, c_in)
+        self.pointwise = layer(c_in, c_out, 1, 1, 1)
 
 
 class TorchMobileNetV1(nn.Module):
-    """MobileNet v1 in PyTorch; `num_classes=0` returns the pooled features."""
+    """MobileNet v1 in PyTorch; `num_classes=0` returns the pooled features.
+
+    `padding` "torch" pads every 3x3 conv (1, 1); "same" follows TensorFlow's SAME rule for each
+    input's size (stride 2 on an even size: (0, 1)), like MobileNetV1(padding="same").
+    """
 
     def __init__(
         self,
@@ -45,16 +69,21 @@ class TorchMobileNetV1(nn.Module):
         min_depth: int = 8,
         activation: str = "relu",
         dropout_rate: float = 0.0,
+        padding: str = "torch",
+        bn_epsilon: float = 1e-5,
     ):
         super().__init__()
         if activation not in TORCH_ACTIVATIONS:
             raise ValueError(f"activation must be one of {tuple(TORCH_ACTIVATIONS)}, got {activation!r}")
+        layer = functools.partial(
+            ConvBNAct, activation=activation, padding=check_padding(padding), bn_epsilon=bn_epsilon
+        )
         channels = scaled_channels(STEM_CHANNELS, alpha, min_depth)
-        self.stem = ConvBNAct(3, channels, 3, 2, 1, activation)
+        self.stem = layer(3, channels, 3, 2, 1)
         blocks = []
         for out, stride in BLOCKS:
             out = scaled_channels(out, alpha, min_depth)
-            blocks.append(DepthwiseSeparable(channels, out, stride, activation))
+            blocks.append(DepthwiseSeparable(channels, out, stride, layer))
             channels = out
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(dropout_rate)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from flax import traverse_util
 
+from mobilenet_jax.interop.torch_reference import TorchMobileNetV1
 from mobilenet_jax.model import BLOCKS, MobileNetV1
 
 FlaxPath = tuple[str, ...]  # (collection, module, ..., variable name)
@@ -105,9 +106,28 @@ def flax_to_torch(variables: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     flat = traverse_util.flatten_dict({k: variables[k] for k in ("params", "batch_stats")})
     state = {}
     for path, value in flat.items():
-        value = np.asarray(value, np.float32)
+        # A copy: JAX arrays view as read-only numpy, which torch tensors must not alias.
+        value = np.array(value, np.float32, copy=True)
         _, transform = _TO_TORCH[(path[0], path[-1], value.ndim)]
         state[_torch_key(path, value.ndim)] = torch.from_numpy(np.ascontiguousarray(transform(value)))
         if path[0] == "batch_stats" and path[-1] == "mean":
             state[f"{_torch_module_path(path[1:-1])}{_IGNORED_TORCH_SUFFIX}"] = torch.tensor(0)
     return state
+
+
+def torch_reference_from_flax(model: MobileNetV1, variables: Mapping[str, Any]) -> TorchMobileNetV1:
+    """The TorchMobileNetV1 that computes what `model` computes with `variables` (eval mode).
+
+    Its BatchNorms keep PyTorch's default momentum (0.1), not `model.bn_momentum`.
+    """
+    reference = TorchMobileNetV1(
+        num_classes=model.num_classes,
+        alpha=model.alpha,
+        min_depth=model.min_depth,
+        activation=model.activation,
+        dropout_rate=model.dropout_rate,
+        padding=model.padding,
+        bn_epsilon=model.bn_epsilon,
+    )
+    reference.load_state_dict(flax_to_torch(variables))
+    return reference.eval()

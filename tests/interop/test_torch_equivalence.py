@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mobilenet_jax import MobileNetV1
-from mobilenet_jax.interop.torch_weights import torch_to_flax
+from mobilenet_jax.interop.torch_weights import torch_reference_from_flax, torch_to_flax
 from mobilenet_jax.tools.equivalence import (
     GRADIENT_SEED,
     Case,
@@ -46,6 +46,22 @@ def test_pooled_features_equal_pytorch_without_classifier():
         expected = reference(to_nchw(images)).numpy()
     features = jax.jit(model.apply)(torch_to_flax(reference.state_dict(), model), jnp.asarray(images))
     np.testing.assert_allclose(features, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [128, 113])
+def test_tf_same_padding_logits_equal_the_reference_built_from_flax_variables(size):
+    # TF-Slim's conventions; the variables come from a reference with randomized BatchNorm. At 113
+    # the stride-2 layers see 113, 57, 29, 15 (SAME pads (1, 1), as torch does) and 8 (SAME pads
+    # (0, 1)): with random weights only a late difference reaches the logits measurably.
+    fields = dict(alpha=0.25, activation="relu6", padding="same", bn_epsilon=1e-3)
+    model = MobileNetV1(**fields)
+    variables = torch_to_flax(random_reference(6, **fields).state_dict(), model)
+    images = random_images(7, 2, size)
+    with torch.no_grad():
+        expected = torch_reference_from_flax(model, variables)(to_nchw(images)).numpy()
+    logits = jax.jit(model.apply)(variables, jnp.asarray(images))
+    assert np.abs(expected).max() > 0.1, "logits too small to make the comparison meaningful"
+    assert np.abs(logits - expected).max() <= 1e-4
 
 
 @pytest.mark.parametrize("forms", KERNEL_SETS)
