@@ -137,6 +137,10 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.freeze_backbone_steps = 0  # train only the classifier for this many steps
     config.backbone_lr_multiplier = 1.0
     config.freeze_batch_stats = False
+    # A classifier init_from cannot supply (another class count): "zeros" (big_vision's
+    # head_zeroinit: a first loss of ln(num_classes), no early gradient into the backbone) or
+    # "random" (the model's initialiser).
+    config.new_classifier_init = "zeros"
 
     # Quantization-aware training (README "Quantization-aware training"): "int8" trains on the
     # grids of the JAX int8 export (kernels rounded per output channel, the inputs of every layer

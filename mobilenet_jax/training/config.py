@@ -43,9 +43,11 @@ class LoopSpec:
     export_path: str | None = None
     parallelism: str = "jit"
     ema_decay: float = 0.0
+    new_classifier_init: str = "zeros"
 
     def __post_init__(self) -> None:
         check_choice("parallelism", self.parallelism, PARALLELISMS)
+        check_choice("new_classifier_init", self.new_classifier_init, init_lib.NEW_CLASSIFIER_INITS)
         for field in ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}; set --config.{field}")

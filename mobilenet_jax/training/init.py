@@ -22,11 +22,12 @@ from flax import traverse_util
 from mobilenet_jax.interop import pretrained
 from mobilenet_jax.interop.preprocessing import normalization_of
 from mobilenet_jax.model import is_activation_range
-from mobilenet_jax.training.optim import CLASSIFIER
+from mobilenet_jax.training.optim import CLASSIFIER, check_choice
 from mobilenet_jax.training.state import TrainState
 
 # MobileNetV1 fields that decide what the weights compute: fine-tuning takes them from the weights.
 ARCHITECTURE_FIELDS = ("alpha", "min_depth", "activation", "padding", "bn_epsilon")
+NEW_CLASSIFIER_INITS = ("zeros", "random")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +83,20 @@ def has_activation_ranges(variables: dict[str, Any]) -> bool:
     return bool(tracked) and all(float(leaf) > 0 for leaf in tracked)
 
 
-def start_from(state: TrainState, variables: dict[str, Any]) -> TrainState:
+def start_from(state: TrainState, variables: dict[str, Any], new_classifier_init: str = "zeros") -> TrainState:
     """`state` (freshly initialised) with the loaded `variables` merged in (see `merge`), and its
-    optimizer state and EMA restarted from the result."""
-    params = merge(state.params, variables, "params")
+    optimizer state and EMA restarted from the result.
+
+    A classifier the weights cannot supply (another class count) starts at zero with
+    `new_classifier_init="zeros"`: every class equally likely, a first loss of ln(num_classes),
+    and no gradient into the backbone until the classifier has learned something; "random" keeps
+    the model's initialiser.
+    """
+    check_choice("new_classifier_init", new_classifier_init, NEW_CLASSIFIER_INITS)
+    fresh = state.params
+    if new_classifier_init == "zeros":
+        fresh = {**fresh, CLASSIFIER: jax.tree.map(jnp.zeros_like, fresh[CLASSIFIER])}
+    params = merge(fresh, variables, "params")
     batch_stats = merge(state.batch_stats, variables, "batch_stats")
     return state.replace(
         params=params,

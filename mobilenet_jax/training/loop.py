@@ -103,7 +103,7 @@ def _initial_state(
 
     def fresh(rng: jax.Array, variables: dict[str, Any] | None) -> TrainState:
         state = create_train_state(rng, runner.model, tx, experiment.data.image_size, experiment.loop.ema_decay)
-        return state if variables is None else init.start_from(state, variables)
+        return state if variables is None else init.start_from(state, variables, experiment.loop.new_classifier_init)
 
     # One compiled program: initialising op by op compiles hundreds of small ones.
     initialise = jax.jit(fresh, out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()))

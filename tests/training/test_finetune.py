@@ -111,8 +111,12 @@ def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matche
     np.testing.assert_array_equal(state.params["block13"]["pointwise"]["conv"]["kernel"],
                                   loaded["params"]["block13"]["pointwise"]["conv"]["kernel"])
     np.testing.assert_array_equal(state.batch_stats["stem"]["bn"]["mean"], loaded["batch_stats"]["stem"]["bn"]["mean"])
+    for name in ("kernel", "bias"):
+        expected = loaded["params"]["classifier"][name] if num_classes == 7 else 0.0
+        np.testing.assert_array_equal(state.params["classifier"][name], expected)
+    random = init.start_from(fresh, initial.variables, new_classifier_init="random")
     expected = loaded["params"] if num_classes == 7 else fresh.params
-    np.testing.assert_array_equal(state.params["classifier"]["kernel"], expected["classifier"]["kernel"])
+    np.testing.assert_array_equal(random.params["classifier"]["kernel"], expected["classifier"]["kernel"])
     np.testing.assert_array_equal(state.ema["params"]["stem"]["conv"]["kernel"], state.params["stem"]["conv"]["kernel"])
     np.testing.assert_array_equal(state.ema["batch_stats"]["stem"]["bn"]["mean"], state.batch_stats["stem"]["bn"]["mean"])
 
