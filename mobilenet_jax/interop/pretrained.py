@@ -165,9 +165,10 @@ REGISTRY: dict[str, PretrainedWeights] = {
     for w in (
         *(_tf_slim(alpha, size, top1) for (alpha, size), top1 in TF_SLIM_TOP1.items()),
         *(_keras(alpha, size, KERAS_TOP1.get((alpha, size))) for alpha, size in TF_SLIM_TOP1),
-        # Hub revisions: the commits that added each model.safetensors ("Add model").
+        # Hub revisions: the commit that added mobilenetv1_100's model.safetensors ("Add model");
+        # mobilenetv1_125 follows its main branch until its full commit id is recorded here.
         _timm(1.0, "mobilenetv1_100.ra4_e3600_r224_in1k", "dda9ab42e23f3061aa191630817df76e8fe9cace", 0.875, 75.388),
-        _timm(1.25, "mobilenetv1_125.ra4_e3600_r224_in1k", "c59613f4f7c8154cc48d2c1c1d02007751309983", 0.9, 76.920),
+        _timm(1.25, "mobilenetv1_125.ra4_e3600_r224_in1k", "main", 0.9, 76.920),
     )
 }
 
