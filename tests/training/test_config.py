@@ -114,6 +114,7 @@ def test_resolved_config_is_locked():
         ("lr_schedule", "linear", r"unknown lr_schedule 'linear'"),
         ("normalization", "torch", r"normalization must be one of .*'imagenet'.*got 'torch'"),
         ("parallelism", "pjit", r"unknown parallelism 'pjit'.*\['jit', 'pmap'\]"),
+        ("new_classifier_init", "he", r"unknown new_classifier_init 'he'.*\['zeros', 'random'\]"),
         ("ema_decay", 1.0, r"ema_decay must be in \[0, 1\)"),
         ("num_train_steps", 0, r"num_train_steps must be > 0, or -1 to train num_epochs, got 0"),
         ("lr_floor", 2.0, r"lr_floor must be in \[0, 1\]"),
