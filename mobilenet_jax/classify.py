@@ -1,7 +1,9 @@
-"""Top-5 ImageNet labels of images: `python -m mobilenet_jax.classify IMAGE... [--weights NAME_OR_PATH]`.
+"""Top-5 labels of images: `python -m mobilenet_jax.classify IMAGE... [--weights NAME_OR_PATH]`.
 
 Each image goes through the weights' own preprocessing (`Pretrained.preprocessing`); the
-output lists, per image, the most probable classes with their softmax probabilities.
+output lists, per image, the most probable classes with their softmax probabilities. Labels are
+the class names a training run recorded beside its model (a fine-tuned workdir names its
+folder's classes), else ImageNet's for 1000 or 1001 classes, else "class N".
 """
 
 from __future__ import annotations
@@ -14,17 +16,29 @@ import jax
 import numpy as np
 
 from mobilenet_jax.interop.imagenet import class_names
-from mobilenet_jax.interop.pretrained import REGISTRY, Pretrained, load_pretrained
+from mobilenet_jax.interop.pretrained import REGISTRY, Pretrained, load_pretrained, recorded_class_names
 
 DEFAULT_WEIGHTS = "mobilenet_v1_100_224.timm"
 
 
-def top_k(pretrained: Pretrained, images: Sequence[object], k: int = 5) -> list[list[tuple[str, float]]]:
-    """The `k` most probable (label, probability) pairs of each image (PIL image or uint8 array)."""
+def labels(num_classes: int, recorded: Sequence[str] | None = None) -> list[str]:
+    """Output names: `recorded` when given, ImageNet's for 1000 or 1001 classes, else "class N"."""
+    if recorded is not None:
+        return list(recorded)
+    if num_classes in (1000, 1001):
+        return class_names(num_classes)
+    return [f"class {index}" for index in range(num_classes)]
+
+
+def top_k(
+    pretrained: Pretrained, images: Sequence[object], k: int = 5, names: Sequence[str] | None = None
+) -> list[list[tuple[str, float]]]:
+    """The `k` most probable (label, probability) pairs of each image (PIL image or uint8 array);
+    `names` labels the outputs (default: `labels(num_classes)`)."""
     batch = np.stack([pretrained.preprocessing(image) for image in images])
     logits = jax.jit(pretrained.model.apply)(pretrained.variables, batch)
     probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32), axis=-1))
-    names = class_names(probabilities.shape[-1])
+    names = names or labels(probabilities.shape[-1])
     return [[(names[i], float(p[i])) for i in np.argsort(-p)[:k]] for p in probabilities]
 
 
@@ -43,15 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         pretrained = load_pretrained(args.weights)
+        names = labels(pretrained.model.num_classes, recorded_class_names(args.weights))
         images = []
         for path in args.images:
             with Image.open(path) as image:
                 images.append(image.convert("RGB"))
     except (ValueError, OSError) as error:  # their messages name the fix
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    for path, labels in zip(args.images, top_k(pretrained, images, args.top)):
+    for path, ranked in zip(args.images, top_k(pretrained, images, args.top, names)):
         print(path)
-        for name, probability in labels:
+        for name, probability in ranked:
             print(f"  {probability:7.2%}  {name}")
     return 0
 

@@ -2,13 +2,14 @@
 
 `save_model(path, model, variables)` writes `path` (the variables) and `path + ".json"` (the
 fields); `load_model(path)` gives back `(MobileNetV1, variables)`, with nothing of the training
-code, so any Flax user can run a trained or converted model.
+code, so any Flax user can run a trained or converted model. A training run also records the
+names of its classes, in output order, as `path + ".classes.json"` (`load_class_names`).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +20,7 @@ from mobilenet_jax.model import MobileNetV1
 
 MODEL_FILE = "mobilenet_v1.msgpack"  # what a finished training run writes into its workdir
 FIELDS_SUFFIX = ".json"
+CLASS_NAMES_SUFFIX = ".classes.json"
 
 
 def model_fields(model: MobileNetV1) -> dict[str, Any]:
@@ -52,10 +54,23 @@ def load_variables(path: str) -> dict[str, Any]:
     return variables
 
 
-def save_model(path: str, model: MobileNetV1, variables: Mapping[str, Any]) -> None:
-    """Write the variables to `path` and the model's fields to `path + ".json"`."""
+def save_model(
+    path: str, model: MobileNetV1, variables: Mapping[str, Any], class_names: Sequence[str] | None = None
+) -> None:
+    """Write the variables to `path`, the model's fields to `path + ".json"` and, when given, the
+    class names (one per output) to `path + ".classes.json"`."""
+    if class_names is not None and len(class_names) != model.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model of {model.num_classes} classes")
     save_variables(path, variables)
     to_path(path + FIELDS_SUFFIX).write_text(json.dumps(model_fields(model), indent=1))
+    if class_names is not None:
+        to_path(path + CLASS_NAMES_SUFFIX).write_text(json.dumps(list(class_names), indent=1))
+
+
+def load_class_names(path: str) -> tuple[str, ...] | None:
+    """The class names recorded beside the model file at `path`, None where none are."""
+    names_path = to_path(path + CLASS_NAMES_SUFFIX)
+    return tuple(json.loads(names_path.read_text())) if names_path.exists() else None
 
 
 def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:

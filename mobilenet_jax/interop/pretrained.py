@@ -55,7 +55,7 @@ _FILE_SOURCES = (  # (name endings, converter) of single weights files
 # `<stem>_frozen.pb`, `<stem>.tgz`) or with its cache copy (`<registry name>.<suffix>`).
 _PUBLISHED_SUFFIXES = (*_ARCHIVE_SUFFIXES, ".ckpt.index", ".ckpt", "_frozen.pb", ".h5", ".safetensors")
 ACCEPTED = (
-    "accepted: a registered name (see mobilenet_jax.pretrained.REGISTRY); a TF-Slim checkpoint prefix, its "
+    "accepted: a registered name (e.g. mobilenet_v1_100_224.tf_slim; all in mobilenet_jax.pretrained.REGISTRY); a TF-Slim checkpoint prefix, its "
     ".index file, a folder holding one, a published .tgz / .tar.gz / .tar or a frozen .pb; a Keras .h5; a timm "
     ".safetensors or .pth; a model file (x.msgpack with x.msgpack.json); or a finished training run's workdir; "
     "each local or gs://"
@@ -205,11 +205,21 @@ def source_of(reference: str | os.PathLike) -> str:
     if source is None and path.exists():
         raise ValueError(f"{given!r} is in no format a converter reads; {ACCEPTED}")
     if source is None:
-        raise ValueError(f"{given!r} is neither a registered name nor an existing path; {ACCEPTED}; "
-                         f"registered: {', '.join(sorted(REGISTRY))}")
+        raise ValueError(f"{given!r} is neither a registered name nor an existing path{_did_you_mean(path)}; {ACCEPTED}")
     if not path.exists():
         raise FileNotFoundError(f"weights file {given} does not exist; {ACCEPTED}")
     return source
+
+
+def _did_you_mean(path: epath.Path) -> str:
+    """", did you mean X?" for the checkpoint prefixes (`X.index`) beside `path` that extend its
+    name, as `model.ckpt` extends `model`; "" where there is none."""
+    try:
+        found = sorted(p for p in path.parent.glob(path.name + "*.index"))
+    except OSError:  # an unreadable or absent folder suggests nothing
+        return ""
+    prefixes = [os.fspath(p)[: -len(".index")] for p in found]
+    return f", did you mean {' or '.join(prefixes)}?" if prefixes else ""
 
 
 def convert_file(path: str | os.PathLike, source: str) -> Converted:
@@ -300,11 +310,23 @@ def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None
         return _load_model_file(path / weights.MODEL_FILE)
     if path.is_dir() and (path / RUN_CONFIG).exists():
         raise FileNotFoundError(
-            f"{key} is a workdir without {weights.MODEL_FILE}: the run has not finished; let that run finish, "
-            f"or pass a model file"
+            f"{key} is a workdir without {weights.MODEL_FILE}: the run has not finished; let that run finish "
+            f"(rerun its train.py command with --workdir={key}), or pass a model file"
         )
     source = source_of(key)
     return _load_model_file(path) if source == "model" else _convert(key, source)
+
+
+def recorded_class_names(reference: str | os.PathLike) -> tuple[str, ...] | None:
+    """The class names a training run recorded beside the model file that `reference` names (the
+    file, or the run's workdir); None for every other reference."""
+    key = os.fspath(reference)
+    if key in REGISTRY:
+        return None
+    path = to_path(key)
+    if path.is_dir():
+        path = path / weights.MODEL_FILE
+    return weights.load_class_names(os.fspath(path)) if path.name.endswith(".msgpack") else None
 
 
 def load_pretrained(

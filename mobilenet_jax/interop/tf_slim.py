@@ -50,7 +50,12 @@ def checkpoint_prefix(path: str | os.PathLike) -> str:
     path = Path(path)
     if path.is_dir():
         indexes = sorted(path.rglob("*.index"))
-        if len(indexes) != 1:
+        if not indexes:
+            raise FileNotFoundError(
+                f"{path} holds no weights: no TensorFlow checkpoint (*.index) nor frozen graph ({FROZEN_GRAPH_PATTERN}); "
+                f"pass a checkpoint prefix, a .pb, a published .tgz, a model file or a finished run's workdir"
+            )
+        if len(indexes) > 1:
             raise FileNotFoundError(
                 f"{path} holds {len(indexes)} checkpoint .index files, expected 1; pass the checkpoint prefix"
             )

@@ -180,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             return {**result, "step": step, "stopped": True, "checkpoint_dir": str(checkpoints.directory)}
         variables, which = exported_variables(state, result)
         if jax.process_index() == 0:
-            weights.save_model(export_path, model, variables)
+            weights.save_model(export_path, model, variables, source.info.class_names)
         return {**result, "step": step, "model_path": export_path, "model_variables": which}
     finally:
         checkpoints.close()

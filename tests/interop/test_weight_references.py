@@ -316,3 +316,33 @@ def test_gs_references_resolve_like_local_ones(cases, tmp_path, monkeypatch):
         kernel = float(np.abs(case.variables["params"]["stem"]["conv"]["kernel"]).sum())
         size, normalization = case.size, case.normalization
         assert seen[reference] == pytest.approx([size, normalization, size, normalization, normalization, kernel])
+
+
+def test_a_fine_tuned_run_is_classified_with_its_own_class_names(tmp_path, image, capsys):
+    model, variables = random_model(3, seed=15)
+    workdir = tmp_path / "run"
+    weights.save_model(str(workdir / weights.MODEL_FILE), model, variables, ("circle", "square", "triangle"))
+    (workdir / pretrained.RUN_CONFIG).write_text(json.dumps({"image_size": 96, "normalization": "inception"}))
+    for reference in (str(workdir), str(workdir / weights.MODEL_FILE)):
+        assert classify.main([image, "--weights", reference, "--top", "3"]) == 0
+        printed = capsys.readouterr().out.splitlines()[1:]
+        assert sorted(line.split()[-1] for line in printed) == ["circle", "square", "triangle"]
+    weights.to_path(str(workdir / weights.MODEL_FILE) + weights.CLASS_NAMES_SUFFIX).unlink()
+    assert classify.main([image, "--weights", str(workdir), "--top", "3"]) == 0
+    assert {line.split(None, 1)[1] for line in capsys.readouterr().out.splitlines()[1:]} == {
+        "class 0", "class 1", "class 2"}
+    with pytest.raises(ValueError, match="2 class names for a model of 3 classes"):
+        weights.save_model(str(tmp_path / "x.msgpack"), model, variables, ("a", "b"))
+
+
+def test_a_prefix_without_its_extension_is_answered_with_the_checkpoint_beside_it(cases):
+    prefix = cases["slim prefix"].reference
+    stem = prefix[: -len(".ckpt")]
+    with pytest.raises(ValueError, match=f"neither a registered name nor an existing path, did you mean {prefix}\\?"):
+        pretrained.load_pretrained(stem)
+
+
+def test_a_folder_without_weights_says_so(tmp_path):
+    (tmp_path / "readme.txt").write_text("not weights")
+    with pytest.raises(FileNotFoundError, match="holds no weights: no TensorFlow checkpoint .* nor frozen graph"):
+        pretrained.load_pretrained(str(tmp_path))
