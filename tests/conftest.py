@@ -10,6 +10,10 @@ import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On CPUs where TensorFlow turns its oneDNN kernels on by default (AVX-512 VNNI / BF16, AMX) it
+# announces them at import through a logger that ignores TF_CPP_MIN_LOG_LEVEL; the commands the
+# tests run would then not end in one line.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
 @pytest.fixture(scope="session")

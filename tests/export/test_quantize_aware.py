@@ -111,9 +111,10 @@ def test_canonical_and_cpu_forms_agree_with_quantization_on(trained):
         (logits, updates), eval_logits = train(x), evaluate(x)
         results[name] = (logits, traverse_util.flatten_dict(updates["batch_stats"], sep="/"), eval_logits)
     (train_a, stats_a, eval_a), (train_b, stats_b, eval_b) = results["canonical"], results["cpu"]
-    # Measured: the same logits to the bit in train and eval mode, the tracked ranges and BatchNorm
-    # statistics within 7.4e-8. (Forms whose last bits differ would flip a rounding now and then,
-    # and then differ as the int8 model does, LOGIT_TOLERANCE.)
+    # Measured: the same logits to the bit in train mode, the tracked ranges and BatchNorm
+    # statistics within 7.4e-8. In eval mode the same to the bit where first measured; on an
+    # AMD EPYC (AVX-512 BF16, no AMX) the forms' last bits differ, which flips a rounding
+    # onto the next int8 level now and then: 2.9e-2 relative, within the int8 LOGIT_TOLERANCE.
     relative = lambda a, b: float(np.abs(a - b).max() / max(np.abs(a).max(), 1e-30))
-    assert relative(train_a, train_b) <= 1e-5 and relative(eval_a, eval_b) <= 1e-5
+    assert relative(train_a, train_b) <= 1e-5 and relative(eval_a, eval_b) <= LOGIT_TOLERANCE
     assert max(relative(stats_a[path], stats_b[path]) for path in stats_a) <= 1e-5

@@ -94,7 +94,7 @@ def test_init_from_that_names_nothing_is_refused(tmp_path):
 
 def test_dropout_is_refused_with_frozen_batch_stats(converted):
     with pytest.raises(ValueError, match="disables dropout_rate=0.1; set --config.model.dropout_rate=0"):
-        config_gate.resolve(finetune_config(converted, model=dict(dropout_rate=0.1)))
+        config_gate.resolve(finetune_config(converted, freeze_batch_stats=True, model=dict(dropout_rate=0.1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,8 +143,8 @@ def test_float_weights_fine_tuned_quantization_aware_start_with_fresh_ranges(con
 
 def test_quantization_with_frozen_batch_stats_needs_trained_ranges(converted):
     with pytest.raises(ValueError, match="quantization tracks activation ranges in train mode, which freeze_batch"):
-        config_gate.resolve(finetune_config(converted, quantization="int8"))
-    experiment = config_gate.resolve(finetune_config(converted, quantization="int8", freeze_batch_stats=False))
+        config_gate.resolve(finetune_config(converted, quantization="int8", freeze_batch_stats=True))
+    experiment = config_gate.resolve(finetune_config(converted, quantization="int8"))  # train mode: allowed
     assert experiment.create_model(10).quantization == "int8"
 
 
