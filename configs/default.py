@@ -99,7 +99,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
 
     # Optimisation (mobilenet_jax.training.optim). learning_rate is per 256 images: the peak rate is
     # learning_rate * batch_size / 256. The recipe of tensorflow/tpu models/official/mobilenet
-    # (mobilenet.py, its model built under mobilenet_v1_arg_scope()); the README's "Recipes"
+    # (mobilenet.py, its model built under mobilenet_v1_arg_scope()); docs/training.md "Recipes"
     # table says where each number comes from.
     config.optimizer = "rmsprop"  # "rmsprop" | "sgd" | "adamw"
     # TF1 RMSPropOptimizer semantics: epsilon inside the square root, mean square starting at 1.
@@ -127,7 +127,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     # better of the two exported. 0 disables it.
     config.ema_decay = 0.995
 
-    # Fine-tuning (README "Fine-tune"): start from pretrained weights (a registered name, a
+    # Fine-tuning (docs/training.md "Fine-tune"): start from pretrained weights (a registered name, a
     # converted or exported model file, or a finished run's workdir); the classifier is
     # re-initialised when the class count differs. trainable: a regex over "/"-joined parameter
     # paths (e.g. "classifier/.*"); the others never move. freeze_batch_stats: BatchNorm in
@@ -142,7 +142,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     # "random" (the model's initialiser).
     config.new_classifier_init = "zeros"
 
-    # Quantization-aware training (README "Quantization-aware training"): "int8" trains on the
+    # Quantization-aware training (docs/deploy.md "Quantization-aware training"): "int8" trains on the
     # grids of the JAX int8 export (kernels rounded per output channel, the inputs of every layer
     # on 8-bit ranges tracked in batch_stats); None trains in float. Typically a fine-tuning of a
     # finished float run: --config.init_from=<its workdir> --config.quantization=int8.

@@ -19,7 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.shuffle_buffer = 2048
     config.model.alpha = 0.25
     config.model.dropout_rate = 0.0
-    # Set here, not inherited: the README's digits figures were measured with these.
+    # Set here, not inherited: the digits figures of docs/training.md were measured with these.
     config.model.bn_momentum = 0.9
     config.model.bn_epsilon = 1e-5
     config.model.init_stddev = 0.0  # He normal

@@ -21,7 +21,7 @@ digits_config = pytest.importorskip("configs.digits")
 
 EPOCHS = 8
 INT8_EXPORTS = (("stablehlo", "int8"), ("tflite", "dynamic_int8"), ("tflite", "int8"), ("onnx", "int8"))
-# Bounds from measurement (README, Deploy). After 8 epochs (84 % accuracy) every int8 kind
+# Bounds from measurement (docs/deploy.md). After 8 epochs (84 % accuracy) every int8 kind
 # agreed with Flax on 98.1-99.4 % of the test images and lost at most 0.3 points (some gained
 # up to 0.6); after 40 epochs (97 %) 99.4-100 % and at most 0.3 points. The bounds leave
 # room for 4 more disagreeing images.

@@ -26,7 +26,7 @@ LAYER_TOLERANCE = 1e-5
 # input), the flipped level perturbs the layers above, which flip more. On these random networks
 # (0.25-32, 0.25-64, 0.5-64, two seeds) the logits differ by 2.2-5.8e-2 of the largest and top-1
 # agrees on 98.4-100 % of 64 images; on fine-tuned digits models by 5.7e-3 and 1.0e-2 with
-# 100 % agreement on the 360 test images (README).
+# 100 % agreement on the 360 test images (docs/deploy.md).
 LOGIT_TOLERANCE = 0.1
 MIN_AGREEMENT = 0.95
 
