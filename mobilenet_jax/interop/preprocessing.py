@@ -73,10 +73,22 @@ TF_SLIM = Preprocessing(interpolation="bilinear", resize="crop_then_resize")
 TIMM = Preprocessing(interpolation="bicubic", resize="resize_then_crop")
 
 
+def _unit_scale(values: tuple[float, ...]) -> tuple[float, ...]:
+    """Per-channel values of the data pipeline's 0..255 scale on Preprocessing's 0..1 scale."""
+    return tuple(v / 255 for v in values)
+
+
+def with_normalization(name: str, size: int) -> Preprocessing:
+    """TF-Slim's central crop and bilinear resize to `size`, normalised as the data pipeline's
+    `name` (a key of NORMALIZATIONS)."""
+    mean, std = (_unit_scale(values) for values in NORMALIZATIONS[name])
+    return dataclasses.replace(TF_SLIM, size=size, mean=mean, std=std)
+
+
 def normalization_of(preprocessing: Preprocessing) -> str:
     """The data pipeline's name for the mean and std of `preprocessing` (on the 0..1 scale)."""
     for name, (mean, std) in NORMALIZATIONS.items():
-        if np.allclose(np.array(mean) / 255, preprocessing.mean) and np.allclose(np.array(std) / 255, preprocessing.std):
+        if np.allclose(_unit_scale(mean), preprocessing.mean) and np.allclose(_unit_scale(std), preprocessing.std):
             return name
     raise ValueError(
         f"the weights' normalisation (mean {preprocessing.mean}, std {preprocessing.std}) is none of "

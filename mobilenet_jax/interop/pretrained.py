@@ -32,7 +32,7 @@ from mobilenet_jax import weights
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop import download, keras, tf_slim, timm
 from mobilenet_jax.interop.layout import Converted
-from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing
+from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing, with_normalization
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
 
@@ -273,8 +273,7 @@ def _run_preprocessing(config: dict[str, Any]) -> Preprocessing | None:
     config.json records (TF-Slim's central crop and bilinear resize); None if it records none."""
     if config.get("normalization") not in NORMALIZATIONS:
         return None
-    mean, std = (tuple(v / 255 for v in values) for values in NORMALIZATIONS[config["normalization"]])
-    return dataclasses.replace(TF_SLIM, size=config.get("image_size", TF_SLIM.size), mean=mean, std=std)
+    return with_normalization(config["normalization"], config.get("image_size", TF_SLIM.size))
 
 
 def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
