@@ -19,6 +19,7 @@ from flax import serialization
 from mobilenet_jax.model import MobileNetV1
 
 MODEL_FILE = "mobilenet_v1.msgpack"  # what a finished training run writes into its workdir
+CONFIG_FILE = "config.json"  # the resolved config a training run records in its workdir
 FIELDS_SUFFIX = ".json"
 CLASS_NAMES_SUFFIX = ".classes.json"
 

@@ -37,7 +37,6 @@ from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
 
 PREPROCESSING_SUFFIX = ".preprocessing.json"
-RUN_CONFIG = "config.json"  # what a training run records beside its model (training.checkpoint.CONFIG_FILE)
 CONVERTERS: dict[str, Callable[[Any], Converted]] = {
     "tf_slim": tf_slim.from_tf_slim, "keras": keras.from_keras, "timm": timm.from_timm,
 }
@@ -282,7 +281,7 @@ def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
     sidecar = to_path(os.fspath(path) + PREPROCESSING_SUFFIX)
     if sidecar.exists():
         return Preprocessing(**_tuples(json.loads(sidecar.read_text())))
-    run_config = path.parent / RUN_CONFIG
+    run_config = path.parent / weights.CONFIG_FILE
     return _run_preprocessing(json.loads(run_config.read_text())) if run_config.exists() else None
 
 
@@ -307,7 +306,7 @@ def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None
     path = to_path(key)
     if path.is_dir() and (path / weights.MODEL_FILE).exists():
         return _load_model_file(path / weights.MODEL_FILE)
-    if path.is_dir() and (path / RUN_CONFIG).exists():
+    if path.is_dir() and (path / weights.CONFIG_FILE).exists():
         raise FileNotFoundError(
             f"{key} is a workdir without {weights.MODEL_FILE}: the run has not finished; let that run finish "
             f"(rerun its train.py command with --workdir={key}), or pass a model file"
@@ -346,7 +345,7 @@ def load_pretrained(
     if recipe is None:
         raise FileNotFoundError(
             f"{os.fspath(name_or_path)} records no preprocessing (no {PREPROCESSING_SUFFIX} beside it, no run "
-            f"{RUN_CONFIG}): pass preprocessing= or save the model with save_pretrained"
+            f"{weights.CONFIG_FILE}): pass preprocessing= or save the model with save_pretrained"
         )
     return loaded._replace(preprocessing=recipe)
 

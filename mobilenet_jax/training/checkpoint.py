@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from mobilenet_jax.paths import to_path
 from mobilenet_jax.training.state import TrainState
+from mobilenet_jax.weights import CONFIG_FILE
 
 CHECKPOINT_DIR = "checkpoints"
-CONFIG_FILE = "config.json"
 # The only fields a resumed run may change: when and how much to log, evaluate, checkpoint and
 # export, how long to train (num_epochs / num_train_steps extend a run), where the data lies, and
 # how the same computation is laid out. Every other field changes what the checkpoint means.

@@ -156,9 +156,10 @@ def test_a_bare_model_safetensors_is_told_apart_by_its_width(tmp_path, alpha, en
 
 
 def test_run_config_is_the_one_training_writes():
+    from mobilenet_jax import weights
     from mobilenet_jax.training.checkpoint import CONFIG_FILE
 
-    assert pretrained.RUN_CONFIG == CONFIG_FILE
+    assert weights.CONFIG_FILE == CONFIG_FILE
 
 
 @pytest.fixture

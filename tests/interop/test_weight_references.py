@@ -117,7 +117,7 @@ def model_cases(root: pathlib.Path) -> dict[str, Case]:
     pretrained.save_pretrained(saved, pretrained.Pretrained(model, variables, dataclasses.replace(TIMM, size=160)))
     workdir = root / "run"
     weights.save_model(str(workdir / weights.MODEL_FILE), model, variables)
-    (workdir / pretrained.RUN_CONFIG).write_text(json.dumps({"image_size": 96, "normalization": "imagenet"}))
+    (workdir / weights.CONFIG_FILE).write_text(json.dumps({"image_size": 96, "normalization": "imagenet"}))
     return {"model file": Case(saved, variables, 1001, 160, "inception"),
             "workdir": Case(str(workdir), variables, 1001, 96, "imagenet")}
 
@@ -231,7 +231,7 @@ def test_a_bare_model_file_records_no_preprocessing(tmp_path, image, capsys):
 
 
 def test_an_unfinished_workdir_is_named_everywhere(tmp_path, image, capsys):
-    (tmp_path / pretrained.RUN_CONFIG).write_text("{}")
+    (tmp_path / weights.CONFIG_FILE).write_text("{}")
     message = "is a workdir without mobilenet_v1.msgpack: the run has not finished; let that run finish"
     for entry_point, error in ((pretrained.load_pretrained, FileNotFoundError), (load_weights, FileNotFoundError),
                                (init.load_initial, ValueError)):
@@ -322,7 +322,7 @@ def test_a_fine_tuned_run_is_classified_with_its_own_class_names(tmp_path, image
     model, variables = random_model(3, seed=15)
     workdir = tmp_path / "run"
     weights.save_model(str(workdir / weights.MODEL_FILE), model, variables, ("circle", "square", "triangle"))
-    (workdir / pretrained.RUN_CONFIG).write_text(json.dumps({"image_size": 96, "normalization": "inception"}))
+    (workdir / weights.CONFIG_FILE).write_text(json.dumps({"image_size": 96, "normalization": "inception"}))
     for reference in (str(workdir), str(workdir / weights.MODEL_FILE)):
         assert classify.main([image, "--weights", reference, "--top", "3"]) == 0
         printed = capsys.readouterr().out.splitlines()[1:]
