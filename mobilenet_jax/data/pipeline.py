@@ -38,7 +38,7 @@ Batch = dict[str, np.ndarray]
 def train_batches(
     source: Source, spec: DataSpec, *, seed: int, process_index: int, process_count: int, start_step: int = 0
 ) -> Iterator[Batch]:
-    """Endless augmented batches {"image": f32 [B, S, S, 3], "label": i32 [B]} for this process.
+    """Endless augmented batches {"image": uint8 [B, S, S, 3], "label": i32 [B]} for this process.
 
     B = spec.batch_size // process_count. The stream is a function of `seed` alone, and
     `start_step=k` yields exactly what a fresh iterator yields after k batches. Resuming costs
@@ -66,7 +66,6 @@ def train_batches(
             crop_min_area=augment.crop_min_area,
             flip=augment.flip,
             crop_padding=augment.eval_crop_padding,
-            normalization=spec.normalization,
         )
         return {"image": image, "label": record["label"]}
 
@@ -75,7 +74,7 @@ def train_batches(
 
 
 def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_count: int) -> Iterator[Batch]:
-    """One pass over the eval split: {"image", "label", "mask": bool [B]} batches, padded.
+    """One pass over the eval split: {"image": uint8, "label", "mask": bool [B]} batches, padded.
 
     B = spec.eval_batch_size // process_count. Every process yields the same number of
     batches; padding examples are zero images with label 0 and mask False, so the True masks of
@@ -87,18 +86,13 @@ def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_
     size = spec.image_size
 
     def eval_example(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        image = preprocess_for_eval(
-            part.load(record["image"]),
-            size,
-            crop_padding=source.augment.eval_crop_padding,
-            normalization=spec.normalization,
-        )
+        image = preprocess_for_eval(part.load(record["image"]), size, crop_padding=source.augment.eval_crop_padding)
         return {"image": image, "label": record["label"], "mask": tf.constant(True)}
 
     num_batches = -(-part.max_count // local_batch)
     padding = tf.data.Dataset.from_tensors(
         {
-            "image": tf.zeros([size, size, 3], tf.float32),
+            "image": tf.zeros([size, size, 3], tf.uint8),
             "label": tf.constant(0, tf.int32),
             "mask": tf.constant(False),
         }

@@ -1,7 +1,9 @@
-"""Preprocessing of single images in TensorFlow: crops fused with JPEG decoding, resize, normalise.
+"""Preprocessing of single images in TensorFlow: crops fused with JPEG decoding, resize, flip.
 
 Images are resized bilinearly with antialiasing (the torchvision / PIL behaviour), for training
-and evaluation alike.
+and evaluation alike, and leave as uint8 pixels, rounded as PIL rounds a resized image: a
+quarter of float32's bytes on their way to the devices, which normalise them
+(`normalize_images` here, `spec.normalize` inside a jitted step).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_jax.data.spec import NORMALIZATIONS, check_normalization
+from mobilenet_jax.data.spec import normalize
 
 # Eval crop side = image_size / (image_size + 32) of the shorter side: 0.875 at 224.
 EVAL_CROP_PADDING = 32
@@ -22,20 +24,10 @@ CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_MAX_ATTEMPTS = 10
 
 
-def mean_std(convention: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std on the 0..255 scale for a normalisation convention."""
-    mean, std = NORMALIZATIONS[check_normalization(convention)]
-    return np.array(mean, np.float32), np.array(std, np.float32)
-
-
 def normalize_images(images: Any, convention: str) -> Any:
-    """Maps 0..255 RGB images (numpy, JAX or TF; uint8 or float) to the model's input range."""
-    mean, std = mean_std(convention)
-    if isinstance(images, tf.Tensor):
-        images = tf.cast(images, tf.float32)
-    else:
-        images = np.asarray(images, np.float32)
-    return (images - mean) / std
+    """Maps 0..255 RGB images (numpy or TF; uint8 or float) to the model's input range, as float32."""
+    images = tf.cast(images, tf.float32) if isinstance(images, tf.Tensor) else np.asarray(images, np.float32)
+    return normalize(images, convention)
 
 
 def preprocess_for_train(
@@ -46,9 +38,8 @@ def preprocess_for_train(
     crop_min_area: float = 0.08,
     flip: bool = True,
     crop_padding: int = EVAL_CROP_PADDING,
-    normalization: str = "imagenet",
 ) -> tf.Tensor:
-    """Inception-style random crop (fused with JPEG decoding), flip, resize, normalise.
+    """Inception-style random crop (fused with JPEG decoding), resize and flip, as uint8 [S, S, 3].
 
     `image` is an encoded image string (JPEG decodes only the crop; PNG and others decode fully)
     or a decoded HWC tensor. `rng_seed` is a stateless seed of shape [2]: the output is a pure
@@ -65,9 +56,7 @@ def preprocess_for_train(
         crop_padding=crop_padding,
     )
     image = _resize(_crop(image, window_fn), image_size)
-    if flip:
-        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    return normalize_images(image, normalization)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed) if flip else image
 
 
 def preprocess_for_eval(
@@ -75,14 +64,14 @@ def preprocess_for_eval(
     image_size: int,
     *,
     crop_padding: int = EVAL_CROP_PADDING,
-    normalization: str = "imagenet",
 ) -> tf.Tensor:
-    """Center crop of image_size / (image_size + crop_padding) of the shorter side, resized."""
+    """Center crop of image_size / (image_size + crop_padding) of the shorter side, resized, as
+    uint8 [S, S, 3]."""
     keep_tensorflow_off_accelerators()
     window_fn = functools.partial(
         _center_crop_window, image_size=image_size, crop_padding=crop_padding
     )
-    return normalize_images(_resize(_crop(image, window_fn), image_size), normalization)
+    return _resize(_crop(image, window_fn), image_size)
 
 
 def _crop(image: tf.Tensor, window_fn: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
@@ -133,9 +122,10 @@ def _random_crop_window(
 
 
 def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Bilinear antialiased resize to a float32 [image_size, image_size, 3] image."""
+    """Bilinear antialiased resize to uint8 [image_size, image_size, 3], rounded to nearest."""
     resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    return tf.ensure_shape(resized, [image_size, image_size, 3])
+    pixels = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
+    return tf.ensure_shape(pixels, [image_size, image_size, 3])
 
 
 @functools.cache

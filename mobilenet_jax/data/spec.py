@@ -7,6 +7,9 @@ carry the names of the config fields they come from, and so do its errors.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+import numpy as np
 
 # Per-channel (mean, std) on the 0..255 scale. timm's mean = std = 0.5 on [0, 1] ("half") is the
 # same map as Inception's x / 127.5 - 1.
@@ -27,6 +30,13 @@ def check_normalization(name: str) -> str:
     return name
 
 
+def normalize(images: Any, convention: str) -> Any:
+    """(images - mean) / std of a normalisation convention, for float 0..255 images of any array
+    kind (numpy, JAX, TensorFlow)."""
+    mean, std = NORMALIZATIONS[check_normalization(convention)]
+    return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
     """A dataset and how to batch and preprocess it; batch sizes are global (all processes)."""
@@ -35,7 +45,6 @@ class DataSpec:
     image_size: int = 224
     batch_size: int = 1024
     eval_batch_size: int = 1024
-    normalization: str = "imagenet"
     data_dir: str | None = None  # TFDS data folder
     train_split: str = "train"
     # None: the dataset's "validation" split, else "test", else the last HELD_OUT_PERCENT of
@@ -57,7 +66,6 @@ class DataSpec:
                 f"image_size must be >= {MIN_IMAGE_SIZE} (MobileNet downsamples 32x), got {self.image_size}; "
                 "raise config.image_size"
             )
-        check_normalization(self.normalization)
         for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")

@@ -24,12 +24,11 @@ SEED = 0
 
 
 def _spec(dataset: str, deployable: Deployable, data_dir: str | None = None) -> DataSpec:
-    """The data pipeline's spec for `dataset` at the deployable's size and normalisation."""
+    """The data pipeline's spec for `dataset` at the deployable's size."""
     fields: dict[str, Any] = dict(
         dataset=dataset,
         data_dir=data_dir,
         image_size=deployable.image_size,
-        normalization=deployable.normalization,
         batch_size=BATCH_SIZE,
         eval_batch_size=BATCH_SIZE,
         shuffle_buffer=2048,
@@ -44,22 +43,24 @@ def _spec(dataset: str, deployable: Deployable, data_dir: str | None = None) -> 
 def calibration_images(
     dataset: str, deployable: Deployable, count: int = CALIBRATION_IMAGES, data_dir: str | None = None
 ) -> list[np.ndarray]:
-    """`count` training images (as batches), augmented as in training: a representative dataset."""
+    """`count` training images (as batches), augmented and normalised as in training: a
+    representative dataset."""
     from mobilenet_jax import data  # TensorFlow, imported on use
 
     spec = _spec(dataset, deployable, data_dir)
     batches = data.create_train_iterator(spec, seed=SEED, process_index=0, process_count=1)
-    return [batch["image"] for batch in itertools.islice(batches, -(-count // BATCH_SIZE))]
+    chosen = itertools.islice(batches, -(-count // BATCH_SIZE))
+    return [data.normalize_images(batch["image"], deployable.normalization) for batch in chosen]
 
 
 def eval_examples(
     dataset: str, deployable: Deployable, data_dir: str | None = None
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, labels) of every example of the eval split once, without padding."""
+    """(normalised images, labels) of every example of the eval split once, without padding."""
     from mobilenet_jax import data  # TensorFlow, imported on use
 
     batches = data.create_eval_iterator(_spec(dataset, deployable, data_dir), process_index=0, process_count=1)
     for batch in batches:
         mask = batch["mask"]
         if mask.any():
-            yield batch["image"][mask], batch["label"][mask]
+            yield data.normalize_images(batch["image"][mask], deployable.normalization), batch["label"][mask]

@@ -65,11 +65,11 @@ def export_savedmodel(deployable: Deployable, path: str, *, kind: str = "float32
 
 def _preprocessing(deployable: Deployable) -> Any:
     """encoded image -> normalised float32 [S, S, 3], exactly as the training pipeline evaluates."""
-    from mobilenet_jax.data.preprocess import preprocess_for_eval  # TensorFlow, imported on use
+    from mobilenet_jax.data.preprocess import normalize_images, preprocess_for_eval  # TensorFlow, imported on use
 
     size, normalization = deployable.image_size, deployable.normalization
 
     def preprocess(encoded: Any) -> Any:
-        return preprocess_for_eval(encoded, size, normalization=normalization)
+        return normalize_images(preprocess_for_eval(encoded, size), normalization)
 
     return preprocess

@@ -104,7 +104,7 @@ def make_parallel(kind: str, model: MobileNetV1, options: steps.StepOptions = st
     if kind not in PARALLELISMS:
         raise ValueError(f"unknown parallelism {kind!r}; set --config.parallelism to one of {list(PARALLELISMS)}")
     train = functools.partial(steps.train_step, axis_name=AXIS, **dataclasses.asdict(options))
-    evaluate = functools.partial(steps.eval_step, axis_name=AXIS)
+    evaluate = functools.partial(steps.eval_step, axis_name=AXIS, normalization=options.normalization)
     mesh = global_mesh()
     if kind == "pmap":
         return Parallel(

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from mobilenet_jax.data.spec import check_normalization, normalize
 from mobilenet_jax.inference import predict
 from mobilenet_jax.training.state import TrainState
 
@@ -30,8 +31,13 @@ class StepOptions:
     sync_batch_stats: bool = True
     skip_nonfinite_updates: bool = False
     freeze_batch_stats: bool = False
+    # None: batch images are the model's input; a convention name: they are 0..255 pixels
+    # (uint8, as the input pipeline sends them), normalised on the device.
+    normalization: str | None = None
 
     def __post_init__(self) -> None:
+        if self.normalization is not None:
+            check_normalization(self.normalization)
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -46,6 +52,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def _mean_over(axis_name: str | None, tree: Any) -> Any:
     """Average `tree` over the mapped axis, or return it as it is on one device."""
     return tree if axis_name is None else lax.pmean(tree, axis_name)
+
+
+def model_input(images: jax.Array, normalization: str | None) -> jax.Array:
+    """The model's input from batch images: as they are, or 0..255 pixels normalised in float32
+    (the model casts them to its compute dtype)."""
+    return images if normalization is None else normalize(images.astype(jnp.float32), normalization)
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -63,8 +75,9 @@ def train_step(
     sync_batch_stats: bool = True,
     skip_nonfinite_updates: bool = False,
     freeze_batch_stats: bool = False,
+    normalization: str | None = None,
 ) -> tuple[TrainState, Metrics]:
-    """One optimizer step on `batch` ({"image": NHWC float, "label": int}).
+    """One optimizer step on `batch` ({"image": NHWC, "label": int}; see `StepOptions.normalization`).
 
     `rng` is the run's dropout key: it is folded with the step (and the device index) here.
     With `sync_batch_stats=False` each device normalises with its own batch statistics (the
@@ -78,14 +91,15 @@ def train_step(
     rng = jax.random.fold_in(rng, state.step)
     if axis_name is not None:
         rng = jax.random.fold_in(rng, lax.axis_index(axis_name))
+    images = model_input(batch["image"], normalization)
 
     def loss_fn(params):
         variables = {"params": params, "batch_stats": state.batch_stats}
         if freeze_batch_stats:
-            logits, batch_stats = state.apply_fn(variables, batch["image"], train=False), state.batch_stats
+            logits, batch_stats = state.apply_fn(variables, images, train=False), state.batch_stats
         else:
             logits, updates = state.apply_fn(
-                variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+                variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
             )
             batch_stats = updates["batch_stats"]
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
@@ -138,7 +152,9 @@ def _sums(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> Metrics:
     }
 
 
-def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) -> Metrics:
+def eval_step(
+    state: TrainState, batch: Batch, *, axis_name: str | None = None, normalization: str | None = None
+) -> Metrics:
     """Sums over the real (mask True) examples of `batch`: loss, top-1 and top-5 hits, count.
 
     With an EMA these are the EMA variables' and the raw ones' come as `loss_raw`, `top1_raw`,
@@ -146,11 +162,12 @@ def eval_step(state: TrainState, batch: Batch, *, axis_name: str | None = None) 
     uneven shards count exactly.
     """
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
-    raw = _sums(predict(state.apply_fn, state.variables(), batch["image"]), labels, mask)
+    images = model_input(batch["image"], normalization)
+    raw = _sums(predict(state.apply_fn, state.variables(), images), labels, mask)
     if state.ema is None:
         sums = raw
     else:
-        sums = _sums(predict(state.apply_fn, state.variables(ema=True), batch["image"]), labels, mask)
+        sums = _sums(predict(state.apply_fn, state.variables(ema=True), images), labels, mask)
         sums.update({f"{name}_raw": value for name, value in raw.items()})
     sums["count"] = jnp.sum(mask)
     return sums if axis_name is None else lax.psum(sums, axis_name)

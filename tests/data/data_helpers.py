@@ -8,8 +8,6 @@ from mobilenet_jax import data
 from tfds_builders import TINY_EVAL, TINY_TRAIN, smooth_image  # noqa: F401 (the data tests import them from here)
 
 SIZE = 32
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 MOCK_EXAMPLES = 10  # mock_data yields this many examples for every split
 SHARDED_TRAIN, SHARDED_FILES = 320, 64  # TinySharded: 5 examples a file
 
@@ -22,7 +20,6 @@ def make_spec(**overrides) -> data.DataSpec:
         image_size=SIZE,
         batch_size=8,
         eval_batch_size=8,
-        normalization="imagenet",
         shuffle_buffer=64,
         prefetch=2,
     )

@@ -11,8 +11,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_helpers import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     MOCK_EXAMPLES,
     SHARDED_FILES,
     SHARDED_TRAIN,
@@ -77,12 +75,10 @@ def test_imagenet_info(imagenet):
 def test_imagenet_train_batches(imagenet):
     batch = next(data.create_train_iterator(imagenet, seed=0, process_index=0, process_count=1))
     assert batch.keys() == {"image", "label"}
-    assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.float32
+    assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
     assert set(batch["label"]) <= set(mock_labels("train"))
-    low, high = -IMAGENET_MEAN / IMAGENET_STD, (255 - IMAGENET_MEAN) / IMAGENET_STD
-    assert (batch["image"] >= low - 1e-5).all() and (batch["image"] <= high + 1e-5).all()
-    assert batch["image"].std() > 0.1  # real pixels, not padding
+    assert batch["image"].std() > 10  # real pixels, not padding
 
 
 def test_imagenet_eval_pads_and_masks(imagenet):
@@ -94,7 +90,7 @@ def test_imagenet_eval_pads_and_masks(imagenet):
     last = batches[-1]
     assert last["image"].shape == (4, SIZE, SIZE, 3) and last["mask"].dtype == bool
     assert not last["image"][2:].any() and not last["label"][2:].any()
-    assert last["image"][:2].std(axis=(1, 2, 3)).min() > 0.1  # real images before the padding
+    assert last["image"][:2].std(axis=(1, 2, 3)).min() > 10  # real images before the padding
 
 
 def test_imagenet_train_is_seeded(imagenet):

@@ -47,15 +47,19 @@ def test_preprocess_for_eval_is_the_center_crop(height, width, size, offset, sid
     encoded = tf.io.encode_jpeg(image, quality=95, chroma_downsampling=False)
     decoded = tf.io.decode_jpeg(encoded, channels=3)
     crop = decoded[offset[0] : offset[0] + side, offset[1] : offset[1] + side]
-    expected = tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
-    got = data.preprocess_for_eval(encoded, size, normalization="inception").numpy()
-    assert got.shape == (size, size, 3) and got.dtype == np.float32
-    np.testing.assert_array_equal(got, data.normalize_images(expected, "inception").numpy())
+    got = data.preprocess_for_eval(encoded, size).numpy()
+    assert got.shape == (size, size, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, resized_pixels(crop, size))
     # PNG goes through the full-decode branch and is lossless: compare with the raw pixels.
-    from_png = data.preprocess_for_eval(tf.io.encode_png(image), size, normalization="inception")
+    from_png = data.preprocess_for_eval(tf.io.encode_png(image), size)
     raw = image[offset[0] : offset[0] + side, offset[1] : offset[1] + side]
-    raw = tf.image.resize(raw, [size, size], method="bilinear", antialias=True)
-    np.testing.assert_array_equal(from_png.numpy(), data.normalize_images(raw, "inception").numpy())
+    np.testing.assert_array_equal(from_png.numpy(), resized_pixels(raw, size))
+
+
+def resized_pixels(image, size: int) -> np.ndarray:
+    """PIL's antialiased bilinear resize as uint8: the float result rounded to nearest."""
+    resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True).numpy()
+    return np.round(np.clip(resized, 0, 255)).astype(np.uint8)
 
 
 def test_random_crop_window_stays_inside_and_in_range():
@@ -79,7 +83,7 @@ def test_random_crop_window_stays_inside_and_in_range():
 def test_preprocess_for_train_shape_determinism_and_flip():
     encoded = tf.io.encode_jpeg(smooth_image(300, 400))
     first = data.preprocess_for_train(encoded, tf.constant([1, 2]), 96)
-    assert first.shape == (96, 96, 3) and first.dtype == tf.float32
+    assert first.shape == (96, 96, 3) and first.dtype == tf.uint8
     np.testing.assert_array_equal(
         first, data.preprocess_for_train(encoded, tf.constant([1, 2]), 96)
     )

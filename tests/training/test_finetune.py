@@ -58,18 +58,18 @@ def finetune_config(init_from: str | None, **overrides):
 def test_model_fields_and_normalization_come_from_the_weights(converted):
     experiment = config_gate.resolve(finetune_config(converted))
     assert {k: experiment.model_fields[k] for k in SLIM_FIELDS} == SLIM_FIELDS
-    assert experiment.data.normalization == "inception"  # TF-Slim's [-1, 1]
+    assert experiment.step.normalization == "inception"  # TF-Slim's [-1, 1]
     assert experiment.data.image_size == SIZE  # the config's, not the weights' 224
     assert experiment.config.model.activation == "relu6"  # recorded as resolved
 
 
 def test_an_explicit_normalization_overrides_the_weights(converted):
-    assert config_gate.resolve(finetune_config(converted, normalization="imagenet")).data.normalization == "imagenet"
+    assert config_gate.resolve(finetune_config(converted, normalization="imagenet")).step.normalization == "imagenet"
 
 
 def test_without_init_from_none_means_the_model_defaults_and_imagenet():
     experiment = config_gate.resolve(finetune_config(None))
-    assert experiment.initial is None and experiment.data.normalization == "imagenet"
+    assert experiment.initial is None and experiment.step.normalization == "imagenet"
     assert MobileNetV1(**experiment.model_fields).activation == MobileNetV1().activation
 
 

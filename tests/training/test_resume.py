@@ -271,7 +271,8 @@ def test_eval_only_and_the_export_reproduce_the_final_evaluation(baseline, tmp_p
     with open(path + ".json") as f:
         model = MobileNetV1(**json.load(f))
     config = json.loads((baseline / checkpoint.CONFIG_FILE).read_text())
-    images = next(data.create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
+    pixels = next(data.create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
+    images = data.normalize_images(pixels, config["normalization"])
     apply = jax.jit(functools.partial(model.apply, train=False))
     logits = apply(weights.load_variables(path), images)
     state = restore(baseline)  # ema_decay is 0 in the digits config: the raw parameters are evaluated
