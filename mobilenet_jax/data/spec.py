@@ -32,9 +32,13 @@ def check_normalization(name: str) -> str:
 
 def normalize(images: Any, convention: str) -> Any:
     """(images - mean) / std of a normalisation convention, for float 0..255 images of any array
-    kind (numpy, JAX, TensorFlow)."""
+    kind (numpy, JAX, TensorFlow).
+
+    Computed as (images - mean) * (1 / std), the form XLA compiles a division by a constant
+    into, so that the host and a jitted step give the same bits.
+    """
     mean, std = NORMALIZATIONS[check_normalization(convention)]
-    return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return (images - np.asarray(mean, np.float32)) * (1 / np.asarray(std, np.float64)).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

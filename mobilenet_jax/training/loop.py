@@ -23,6 +23,7 @@ from mobilenet_jax.training import checkpoint, init, mesh, optim
 from mobilenet_jax.training.config import Experiment, resolve
 from mobilenet_jax.training.metrics import METRICS_FILE, MetricWriter, read_metrics
 from mobilenet_jax.training.preemption import PreemptionWatch
+from mobilenet_jax.training.prefetch import DevicePrefetch
 from mobilenet_jax.training.state import TrainState, create_train_state
 
 # Per-step metrics of a run stopped between two log rows, for its next row after the resume.
@@ -41,9 +42,10 @@ def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: data.DataSpec
     """
     batches = data.eval_batches(source, spec, process_index=jax.process_index(), process_count=jax.process_count())
     totals = None
-    for batch in batches:
-        sums = runner.eval_step(state, runner.put_batch(batch))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    with DevicePrefetch(batches, runner.put_batch) as device_batches:
+        for batch in device_batches:
+            sums = runner.eval_step(state, batch)
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = runner.fetch(totals)
     count = float(totals["count"])
     names = {"top1": "eval_accuracy", "top5": "eval_top5", "loss": "eval_loss"}
@@ -109,7 +111,7 @@ def _initial_state(
     initialise = jax.jit(fresh, out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()))
     initial = experiment.initial.variables if experiment.initial else None
     state = initialise(jax.random.key(experiment.loop.seed), initial)
-    if checkpoints.latest_step() is not None:
+    if checkpoints.all_steps():
         state = checkpoints.restore(state)
     return state
 
@@ -170,8 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 process_count=jax.process_count(),
                 start_step=start,
             )
-            state, result = _train(experiment, runner, runner.from_global(state), batches, start, total_steps,
-                                   schedule, checkpoints, writer, evaluate_now, workdir)
+            with DevicePrefetch(batches, runner.put_batch) as device_batches:
+                state, result = _train(experiment, runner, runner.from_global(state), device_batches, start,
+                                       total_steps, schedule, checkpoints, writer, evaluate_now, workdir)
         finally:
             writer.close()
         state = runner.fetch(state)
@@ -218,7 +221,7 @@ def _train(
     experiment: Experiment,
     runner: mesh.Parallel,
     state: TrainState,
-    batches: Iterator,
+    batches: Iterator,  # device batches
     start: int,
     total_steps: int,
     schedule: optax.Schedule,
@@ -242,7 +245,7 @@ def _train(
     interval_start, interval_steps = time.perf_counter(), 0
     try:
         for step in range(start + 1, total_steps + 1):
-            state, metrics = runner.train_step(state, runner.put_batch(next(batches)), dropout_rng)
+            state, metrics = runner.train_step(state, next(batches), dropout_rng)
             pending.append((step, metrics))
             interval_steps += 1
             writer.advance(1)
@@ -250,7 +253,7 @@ def _train(
             evaluate_step = last or step % loop.eval_every_steps == 0
             save_now = last or evaluate_step or step % loop.checkpoint_every_steps == 0
             log_now = save_now or step % loop.log_every_steps == 0
-            stop = watch.should_stop(at_sync_point=log_now)
+            stop = watch.should_stop(step)
             if not (log_now or stop):
                 continue
             # Fetching the metrics is the only host synchronisation, and it precedes every save:

@@ -54,7 +54,8 @@ class Parallel:
         """This process's part of a global batch, as arrays split over the devices."""
         if self.kind == "pmap":
             n = jax.local_device_count()
-            return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local_batch.items()}
+            stacked = {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in local_batch.items()}
+            return jax.device_put(stacked, _local_stack_sharding())
         sharding = NamedSharding(self.mesh, P(AXIS))
         return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
@@ -63,7 +64,7 @@ class Parallel:
         if self.kind == "jit":
             return jax.device_put(state, NamedSharding(self.mesh, P()))
         n = jax.local_device_count()
-        sharding = NamedSharding(jax.make_mesh((n,), (AXIS,), devices=jax.local_devices()), P(AXIS))
+        sharding = _local_stack_sharding()
         return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(_local(x), (n, *np.shape(x))), sharding), state)
 
     def to_global(self, state: TrainState) -> TrainState:
@@ -77,6 +78,11 @@ class Parallel:
         """Replicated device values as host numpy, without the pmap device axis."""
         tree = jax.tree.map(_local, tree)
         return jax.tree.map(lambda x: x[0], tree) if self.kind == "pmap" else tree
+
+
+def _local_stack_sharding() -> NamedSharding:
+    """pmap's layout: a leading axis over this process's devices, one entry each."""
+    return NamedSharding(jax.make_mesh((jax.local_device_count(),), (AXIS,), devices=jax.local_devices()), P(AXIS))
 
 
 def _local(x: Any) -> np.ndarray:

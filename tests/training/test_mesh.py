@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from mobilenet_jax import MobileNetV1
+from mobilenet_jax.data.spec import normalize
 from mobilenet_jax.training import mesh, step as steps
 from mobilenet_jax.training.state import create_train_state
 
@@ -87,3 +88,20 @@ def test_per_device_statistics_differ_from_synchronised_ones(runs):
     state_sync, _, _ = runs["jit"]
     diff = np.abs(state_local.params["stem"]["conv"]["kernel"] - state_sync.params["stem"]["conv"]["kernel"]).max()
     assert diff > 1e-4, "per-device BatchNorm normalised with the global statistics"
+
+
+@pytest.mark.parametrize("kind", mesh.PARALLELISMS)
+def test_uint8_batches_normalised_on_the_device_equal_the_float32_path(kind):
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    labels, mask = rng.integers(0, 10, 16).astype(np.int32), np.arange(16) < 13
+    host_normalised = normalize(pixels.astype(np.float32), "inception")
+
+    def run(images: np.ndarray, normalization: str | None):
+        runner = mesh.make_parallel(kind, MODEL, steps.StepOptions(normalization=normalization))
+        state = runner.from_global(fresh_state(runner.model))
+        batch = runner.put_batch({"image": images, "label": labels, "mask": mask})
+        state, metrics = runner.train_step(state, batch, jax.random.key(1))
+        return runner.fetch((state.params, state.batch_stats, metrics, runner.eval_step(state, batch)))
+
+    chex.assert_trees_all_equal(run(pixels, "inception"), run(host_normalised, None))
