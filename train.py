@@ -1,10 +1,13 @@
 """Train MobileNet v1: python train.py --config=configs/default.py --workdir=DIR [--config.field=value ...]
 
 On several hosts (a Cloud TPU pod slice, several GPU machines) add --distributed on every host.
-A mistake in the command or the config ends the command with one line on stderr and exit status 2.
+A mistake in the command or the config ends the command with one line on stderr and exit status 2;
+in a multi-host run it ends every process, each naming the process that failed.
 """
 
+import os
 import sys
+import traceback
 from typing import Any, NoReturn
 
 from absl import app, flags, logging
@@ -15,14 +18,61 @@ flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, where it cannot be detected.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, where it cannot be detected.")
 flags.DEFINE_integer("process_id", None, "This process's index, where it cannot be detected.")
+flags.DEFINE_list(
+    "local_device_ids", None,
+    "Device ids this process drives, e.g. its local rank when each process has one GPU; default: all of the host's.",
+)
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file (with an optional :argument).", lock_config=True)
 FLAGS = flags.FLAGS
 
 
 def fail(message: str) -> NoReturn:
-    """End the command with `message` as its one line on stderr."""
-    print(f"train.py: error: {message}", file=sys.stderr)
+    """End the command with `message` as its one line on stderr; in a multi-host run, end all
+    processes (see `end_every_process`)."""
+    print(f"train.py: error: {message}", file=sys.stderr, flush=True)
+    if FLAGS.is_parsed() and FLAGS.distributed:
+        end_every_process(message, 2)
     sys.exit(2)
+
+
+def end_every_process(report: str, status: int) -> NoReturn:
+    """Publish this process's failure to the others, which stop within a second, and exit at once:
+    a normal exit would wait for them at the runtime's shutdown barrier."""
+    from mobilenet_jax.training import hosts
+
+    hosts.report_failure(report)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize` from the flags; with all three of --coordinator_address,
+    --num_processes and --process_id given, cluster auto-detection is off, so that Slurm or
+    OpenMPI does not narrow a process to one local device."""
+    import jax
+
+    from mobilenet_jax.training import hosts
+
+    try:
+        local_ids = [int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None
+    except ValueError:
+        fail(f"--local_device_ids must be integers, got {','.join(FLAGS.local_device_ids)}; e.g. --local_device_ids=0")
+    explicit = None not in (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    jax.distributed.initialize(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        local_device_ids=local_ids,
+        cluster_detection_method="deactivate" if explicit else None,
+    )
+
+    def stop(report: str) -> None:
+        # On a line of its own: a progress bar may be half drawn.
+        print(f"\ntrain.py: error: {report} (this process stops too)", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    hosts.watch_for_failures(stop)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -67,14 +117,20 @@ def main(argv: list[str]) -> None:
     import jax  # after flag parsing, so that --help stays fast
 
     if FLAGS.distributed:
-        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+        initialize_distributed()
     from mobilenet_jax.training import train_and_evaluate
+    from mobilenet_jax.training.checkpoint import RestoreDisagreement
     from mobilenet_jax.training.loop import NonFiniteLossError
 
     try:
         result = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, OSError, NonFiniteLossError) as error:  # their messages name the fix
+    except (ValueError, OSError, NonFiniteLossError, RestoreDisagreement) as error:  # their messages name the fix
         fail(str(error))
+    except Exception as error:
+        if not FLAGS.distributed:
+            raise
+        traceback.print_exc()
+        end_every_process(f"{type(error).__name__}: {error}".splitlines()[0], 1)
     if jax.process_index() == 0:
         print(final_line(result, FLAGS.workdir))
 

@@ -2,7 +2,9 @@
 
 Saves are asynchronous and atomic (Orbax writes into a temporary folder and renames it when
 complete), so a crash mid-write leaves the previous checkpoint as the latest. The last `keep`
-checkpoints are kept, and optionally the best one by evaluation accuracy.
+checkpoints are kept, and optionally the best one by evaluation accuracy. With several
+processes, which steps exist is process 0's answer and whether a step restored is every
+process's (`hosts`): all processes resume at one step or none does.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import sys
 from typing import Any, Iterator, Mapping
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from tqdm import tqdm
 
 from mobilenet_jax.paths import to_path
+from mobilenet_jax.training import hosts
 from mobilenet_jax.training.state import TrainState
 from mobilenet_jax.weights import CONFIG_FILE
 
 CHECKPOINT_DIR = "checkpoints"
+ITEM = "default"  # the folder of the state in each step folder, as CheckpointManager names a single item
 # The only fields a resumed run may change: when and how much to log, evaluate, checkpoint and
 # export, how long to train (num_epochs / num_train_steps extend a run), where the data lies, and
 # how the same computation is laid out. Every other field changes what the checkpoint means.
@@ -35,6 +40,10 @@ RESUMABLE_FIELDS = frozenset({
 })
 # Recorded beside the config: the class count comes from the data, not from a field.
 NUM_CLASSES = "num_classes"
+
+
+class RestoreDisagreement(RuntimeError):
+    """Some processes restored a checkpoint that others could not read."""
 
 
 def _state_tree(state: TrainState) -> dict[str, Any]:
@@ -70,28 +79,32 @@ class Checkpoints:
         )
         self.directory = to_path(workdir) / CHECKPOINT_DIR
         self._damaged: set[int] = set()
+        self._reader = ocp.StandardCheckpointHandler()
         with _without_log_lines("Given directory is read only"):  # what read_only asked for, not news
             self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
-        """The step of the newest complete checkpoint, or None."""
-        return self._manager.latest_step()
+        """The step of the newest complete checkpoint, or None (as `all_steps`)."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
 
     def all_steps(self) -> list[int]:
-        """Steps of every complete checkpoint kept."""
-        return list(self._manager.all_steps())
+        """Steps of every complete checkpoint kept, oldest first, as process 0 sees them (a
+        collective with several processes)."""
+        return hosts.from_process_zero(sorted(self._manager.all_steps()))
 
     def save(self, state: TrainState, metrics: Mapping[str, float] | None = None) -> None:
         """Start an asynchronous save of `state` at its step; `metrics` feed the best-checkpoint choice."""
         step = int(state.step.addressable_data(0))  # this process's copy of a replicated scalar
-        if step in self._damaged:
-            tqdm.write(  # on a line of its own, above a progress bar if one is drawn
-                f"checkpoint {step} in {self.directory} is damaged and left as it is: the state of step {step} "
-                "is not saved; move that folder away to let the run save it",
-                file=sys.stderr,
-            )
+        if step in self._damaged:  # the same set on every process: see `restore`
+            if jax.process_index() == 0:
+                tqdm.write(  # on a line of its own, above a progress bar if one is drawn
+                    f"checkpoint {step} in {self.directory} is damaged and left as it is: the state of step "
+                    f"{step} is not saved; move that folder away to let the run save it",
+                    file=sys.stderr,
+                )
             return
-        if step in self._manager.all_steps():
+        if hosts.any_process(step in self._manager.all_steps()):
             return
         self._manager.save(
             step, args=ocp.args.StandardSave(_state_tree(state)), metrics=dict(metrics) if metrics else None
@@ -101,30 +114,56 @@ class Checkpoints:
         """The checkpoint at `step`, or by default the newest one that restores, in the shape and
         shardings of `template`.
 
-        A damaged checkpoint (a truncated or missing file) is skipped with a line on stderr that
-        names it and the error, and left on disk as it is; ValueError when none restores.
+        A checkpoint that no process can read (a truncated or missing file) is damaged: it is
+        skipped with a line on stderr that names it and the error, and left on disk as it is;
+        ValueError when none restores. A checkpoint that some processes read and others cannot
+        raises RestoreDisagreement on every process, naming the ones that failed.
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _state_tree(template))
         skipped = []
-        for candidate in sorted(self.all_steps(), reverse=True) if step is None else [step]:
+        for candidate in reversed(self.all_steps()) if step is None else [step]:
             try:
-                restored = self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+                restored, reason = self._read(candidate, abstract), ""
             except Exception as error:  # Orbax and TensorStore raise many types for a damaged file
                 _silence_abandoned_reads()
-                reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
-                skipped.append(f"{candidate} ({reason})")
-                self._damaged.add(candidate)
+                restored, reason = None, f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
+            failed = hosts.gathered_flags(bool(reason))
+            if not failed.any():
+                return template.replace(**restored)
+            if not failed.all():
+                raise RestoreDisagreement(self._disagreement(candidate, reason, np.flatnonzero(failed).tolist()))
+            skipped.append(f"{candidate} ({reason})")
+            self._damaged.add(candidate)
+            if jax.process_index() == 0:
                 print(
                     f"checkpoint {candidate} in {self.directory} does not restore ({reason}); skipped and left "
                     "on disk, trying an older one",
                     file=sys.stderr,
                 )
-                continue
-            return template.replace(**restored)
         raise ValueError(
             f"no checkpoint in {self.directory} restores: {'; '.join(skipped)}. Move the damaged step "
             "folders away, or use a new --workdir"
         )
+
+    def _read(self, step: int, abstract: dict[str, Any]) -> dict[str, Any]:
+        """The state tree of checkpoint `step`, read by this process alone.
+
+        CheckpointManager.restore ends in a barrier across processes; one that failed to read
+        would never reach it, and the barrier's collective would pair with the next one it
+        joins. Reading without the barrier lets every process report its outcome to `restore`.
+        """
+        return self._reader.restore(self.directory / str(step) / ITEM, args=ocp.args.StandardRestore(abstract))
+
+    def _disagreement(self, step: int, reason: str, failed: list[int]) -> str:
+        """What this process says when processes `failed` could not restore `step` and the others could."""
+        index, count = jax.process_index(), jax.process_count()
+        stops = "the run stops on every process, so that none trains from another step"
+        if reason:
+            return (
+                f"process {index} of {count} cannot restore checkpoint {step} in {self.directory} ({reason}), "
+                f"which other processes restored: {stops}. Check that this host reads {self.directory}, then rerun"
+            )
+        return f"processes {failed} of {count} cannot restore checkpoint {step} in {self.directory}: {stops}"
 
     def wait(self) -> None:
         """Block until every started save is on disk."""
@@ -133,6 +172,7 @@ class Checkpoints:
     def close(self) -> None:
         """Finish pending saves and release the manager."""
         self._manager.close()
+        self._reader.close()
 
 
 @contextlib.contextmanager

@@ -12,9 +12,7 @@ differences.
 from __future__ import annotations
 
 import itertools
-import os
 import pathlib
-import socket
 import subprocess
 
 import jax
@@ -26,7 +24,7 @@ from configs import digits
 from mobilenet_jax import MobileNetV1, data, weights
 from mobilenet_jax.training import checkpoint
 from mobilenet_jax.training.metrics import read_metrics
-from tiny_runs import start_training, tiny_flags
+from tiny_runs import distributed_flags, finish, gloo_env, start_training, tiny_flags
 
 STEPS = 2
 # Small steps: at the recipe's rate this tiny model's first updates are so large that float
@@ -35,36 +33,9 @@ TINY = (*tiny_flags(STEPS), "--config.learning_rate=0.004")
 TIMEOUT = 400
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(workdir: pathlib.Path, local_devices: int, *flags: str) -> subprocess.Popen:
-    """`python train.py` on `local_devices` CPU devices, with gloo for cross-process collectives."""
-    env = dict(
-        os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={local_devices}",
-        JAX_PLATFORMS="cpu",
-        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-        TF_CPP_MIN_LOG_LEVEL="2",
-    )
-    return start_training(workdir, env, (*TINY, *flags))
-
-
-def finish(processes: list[subprocess.Popen]) -> None:
-    """Wait for every process; fail with the output of any that did not exit 0."""
-    outputs = []
-    try:
-        outputs = [p.communicate(timeout=TIMEOUT)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, output in zip(processes, outputs):
-        assert p.returncode == 0, output[-3000:]
+    """`python train.py` of the tiny run on `local_devices` CPU devices."""
+    return start_training(workdir, gloo_env(local_devices), (*TINY, *flags))
 
 
 def last_state(workdir: pathlib.Path) -> dict:
@@ -100,17 +71,9 @@ def tree_norm(tree) -> float:
 @pytest.mark.parametrize("parallelism", ["jit", "pmap"])
 def test_two_processes_train_as_one_with_the_same_devices(tmp_path, parallelism):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    address = f"127.0.0.1:{free_port()}"
     mapping = f"--config.parallelism={parallelism}"
-    distributed = [
-        start(
-            multi, 2, "--distributed", f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}",
-            mapping,
-        )
-        for i in range(2)
-    ]
-    finish(distributed)
-    finish([start(single, 4, mapping)])
+    finish([start(multi, 2, *process, mapping) for process in distributed_flags(2)], TIMEOUT)
+    finish([start(single, 4, mapping)], TIMEOUT)
 
     records = read_metrics(str(multi))
     losses = {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
