@@ -77,9 +77,11 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.cache = False
     config.prefetch = 0  # batches; 0 lets tf.data tune it
 
-    # Batches are global: split over processes and devices.
+    # Batches are global: split over processes and devices. None: per_device_batch_size times
+    # the number of devices of the run (eval_batch_size None: the training batch).
     config.batch_size = 1024
     config.eval_batch_size = 1024
+    config.per_device_batch_size = config_dict.placeholder(int)
 
     config.num_epochs = 300.0
     config.num_train_steps = -1  # > 0 overrides num_epochs
@@ -105,7 +107,9 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     # TF1 RMSPropOptimizer semantics: epsilon inside the square root, mean square starting at 1.
     config.learning_rate = 0.165  # 0.66 at batch 1024
     config.lr_schedule = "exponential"  # "exponential" (staircase) | "cosine" | "constant"
-    config.warmup_epochs = 0.0  # linear from 0; the reference has none
+    # Linear from 0; the reference has none. None: none up to the reference's batch of 1024,
+    # else 5 epochs, the gradual warm-up of linear scaling (Goyal et al., 2017).
+    config.warmup_epochs = 0.0
     config.lr_decay_rate = 0.94  # exponential: x lr_decay_rate every lr_decay_epochs
     config.lr_decay_epochs = 3.0
     config.lr_floor = 1e-4  # never below lr_floor * the peak rate

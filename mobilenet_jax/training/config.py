@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 
@@ -19,14 +20,18 @@ from mobilenet_jax.data.spec import DataSpec
 from mobilenet_jax.ops.quantize import MODES as QUANTIZATION_MODES
 from mobilenet_jax.training import init as init_lib
 from mobilenet_jax.training.mesh import PARALLELISMS
-from mobilenet_jax.training.optim import OptimizerSpec, check_choice
+from mobilenet_jax.training.optim import REFERENCE_BATCH_SIZE, OptimizerSpec, check_choice
 from mobilenet_jax.training.step import StepOptions
 
 # MobileNetV1 fields that config.model must not set: Flax's own, the dataset's class count, and
 # what half_precision, sync_batch_stats and quantization decide.
 _MODEL_FIELDS_SET_ELSEWHERE = frozenset({"parent", "name", "num_classes", "dtype", "bn_axis_name", "quantization"})
 # Top-level fields that no spec holds: they are turned into other fields here.
-_GATE_FIELDS = ("variant", "half_precision", "model", "init_from", "quantization")
+_GATE_FIELDS = ("variant", "half_precision", "model", "init_from", "quantization", "per_device_batch_size")
+# Linear scaling of the rate is kept up to this batch without warm-up: the reference's batch.
+LARGE_BATCH = 4 * REFERENCE_BATCH_SIZE
+# Goyal et al. (2017): 5 epochs of linear warm-up let the linearly scaled rate train at large batches.
+LARGE_BATCH_WARMUP_EPOCHS = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +100,7 @@ def resolve(config: ml_collections.ConfigDict) -> Experiment:
         config.image_size = variant.resolution
     initial = init_lib.load_initial(config.init_from) if config.get("init_from") else None
     _adopt_weights(config, initial)
+    _scale_to_devices(config)
     specs = (DataSpec, OptimizerSpec, StepOptions, LoopSpec)
     known = {name for spec in specs for name in _field_names(spec)} | set(_GATE_FIELDS)
     unknown = sorted(set(config) - known)
@@ -137,6 +143,22 @@ def _adopt_weights(config: ml_collections.ConfigDict, initial: init_lib.Initial 
         config.model[field] = found
     if config.normalization is None:
         config.normalization = (initial and initial.normalization) or "imagenet"
+
+
+def _scale_to_devices(config: ml_collections.ConfigDict) -> None:
+    """Fill the batch sizes left None from per_device_batch_size and the run's devices, and a
+    warmup_epochs left None from the batch (LARGE_BATCH_WARMUP_EPOCHS above LARGE_BATCH), in place."""
+    per_device = config.get("per_device_batch_size")
+    if per_device is not None and per_device < 1:
+        raise ValueError(f"per_device_batch_size must be >= 1, got {per_device}; or unset it and set batch_size")
+    if config.get("batch_size") is None:
+        if per_device is None:
+            raise ValueError("batch_size is None and per_device_batch_size is unset; set one of them")
+        config.batch_size = per_device * jax.device_count()
+    if config.get("eval_batch_size") is None:
+        config.eval_batch_size = config.batch_size
+    if "warmup_epochs" in config and config.warmup_epochs is None:
+        config.warmup_epochs = LARGE_BATCH_WARMUP_EPOCHS if config.batch_size > LARGE_BATCH else 0.0
 
 
 def _field_names(spec: type) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 import importlib
 
+import jax
 import jax.numpy as jnp
 
 import ml_collections
@@ -71,17 +72,42 @@ def test_digits_trains_as_its_readme_figures_were_measured():
     assert (config.model.dropout_rate, config.model.alpha, config.image_size) == (0.0, 0.25, 32)
 
 
-def test_hardware_configs_keep_the_rate_per_256_images():
-    base, tpu, gpu = load("default"), load("tpu"), load("gpu")
-    assert tpu.learning_rate == gpu.learning_rate == base.learning_rate
-    rate = lambda config: optim.scaled_learning_rate(config_gate.resolve(config).optimizer)
-    assert rate(tpu) == pytest.approx(4 * rate(base))
-    assert (tpu.batch_size, tpu.half_precision, gpu.batch_size, gpu.half_precision) == (
-        4096,
-        True,
-        2048,
-        True,
-    )
+@pytest.mark.parametrize("name, per_device", [("tpu", 128), ("gpu", 256)])
+def test_hardware_configs_take_the_batch_from_the_devices(name, per_device):
+    devices = jax.device_count()  # 8 simulated CPU devices in the tests
+    experiment = config_gate.resolve(load(name))
+    assert experiment.data.batch_size == experiment.data.eval_batch_size == per_device * devices
+    assert experiment.config.half_precision and experiment.config.learning_rate == load("default").learning_rate
+    assert experiment.step.sync_batch_stats == (name == "gpu")
+
+
+def test_tpu_recipe_is_the_reference_at_1024_and_scales_with_warm_up_above():
+    def resolved(batch_size: int) -> optim.OptimizerSpec:
+        config = load("tpu")
+        config.batch_size = batch_size
+        return config_gate.resolve(config).optimizer
+
+    reference, pod = resolved(1024), resolved(8192)
+    assert optim.scaled_learning_rate(reference) == pytest.approx(0.66)  # tensorflow/tpu at batch 1024
+    assert reference.warmup_epochs == 0
+    assert optim.scaled_learning_rate(pod) == pytest.approx(0.66 * 8)
+    assert pod.warmup_epochs == config_gate.LARGE_BATCH_WARMUP_EPOCHS == 5
+    schedule = optim.create_learning_rate_schedule(pod, steps_per_epoch=100)
+    # Half-way up a ramp to the rate of step 500, after one x0.94 staircase decay (epoch 3).
+    assert float(schedule(0)) == 0 and float(schedule(250)) == pytest.approx(0.66 * 8 * 0.94 / 2, rel=1e-5)
+    config = load("tpu")
+    config.warmup_epochs = 1.0  # an explicit value is kept
+    assert config_gate.resolve(config).optimizer.warmup_epochs == 1.0
+
+
+def test_a_batch_from_nothing_is_refused():
+    config = load("default")
+    config.batch_size = None
+    with pytest.raises(ValueError, match="batch_size is None and per_device_batch_size is unset; set one of them"):
+        config_gate.resolve(config)
+    config.per_device_batch_size = 0
+    with pytest.raises(ValueError, match="per_device_batch_size must be >= 1, got 0"):
+        config_gate.resolve(config)
 
 
 def test_variant_sets_alpha_and_image_size():
