@@ -66,13 +66,14 @@ def initialize_distributed() -> None:
         local_device_ids=local_ids,
         cluster_detection_method="deactivate" if explicit else None,
     )
+    hosts.watch_for_failures(stop_for_another)
 
-    def stop(report: str) -> None:
-        # On a line of its own: a progress bar may be half drawn.
-        print(f"\ntrain.py: error: {report} (this process stops too)", file=sys.stderr, flush=True)
-        os._exit(2)
 
-    hosts.watch_for_failures(stop)
+def stop_for_another(report: str) -> NoReturn:
+    """End this process because another one failed, with that process's report as its one line."""
+    # On a line of its own: a progress bar may be half drawn.
+    print(f"\ntrain.py: error: {report} (this process stops too)", file=sys.stderr, flush=True)
+    os._exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -129,6 +130,11 @@ def main(argv: list[str]) -> None:
     except Exception as error:
         if not FLAGS.distributed:
             raise
+        from mobilenet_jax.training import hosts
+
+        # A collective fails at once when a peer process exits: its report is the cause.
+        if report := hosts.failure_of_another():
+            stop_for_another(report)
         traceback.print_exc()
         end_every_process(f"{type(error).__name__}: {error}".splitlines()[0], 1)
     if jax.process_index() == 0:

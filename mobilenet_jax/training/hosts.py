@@ -61,6 +61,18 @@ def report_failure(message: str) -> None:
         pass
 
 
+def failure_of_another(wait_seconds: float = 4 * FAILURE_POLL_SECONDS) -> str | None:
+    """Another process's failure report, waited for up to `wait_seconds`, or None."""
+    client = _client()
+    if client is None:
+        return None
+    try:
+        report = client.blocking_key_value_get(FAILURE_KEY, int(wait_seconds * 1000))
+    except Exception:  # noqa: BLE001 - none within the wait (DEADLINE_EXCEEDED), or the runtime is gone
+        return None
+    return None if report.startswith(f"process {jax.process_index()}:") else report
+
+
 def watch_for_failures(on_failure: Callable[[str], None]) -> None:
     """Call `on_failure(report)` from a daemon thread when another process reports a failure.
 
