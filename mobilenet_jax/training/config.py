@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from mobilenet_jax import model as model_lib
 from mobilenet_jax.data.spec import DataSpec
@@ -155,6 +156,8 @@ def _scale_to_devices(config: ml_collections.ConfigDict) -> None:
         if per_device is None:
             raise ValueError("batch_size is None and per_device_batch_size is unset; set one of them")
         config.batch_size = per_device * jax.device_count()
+    elif per_device is not None:
+        logging.warning("batch_size=%d is set: per_device_batch_size=%d is not used", config.batch_size, per_device)
     if config.get("eval_batch_size") is None:
         config.eval_batch_size = config.batch_size
     if "warmup_epochs" in config and config.warmup_epochs is None:
