@@ -9,12 +9,23 @@ Every source goes through the same tf.data pipeline, so this is written once:
 - In-memory training data (digits, image folders): every process walks the same global stream
   and keeps its slice of each global batch (reading only those images), so global batches are
   the same for any process count: a run on 2 hosts x 2 devices sees what 1 host x 4 devices sees.
-- Training repeats forever. Epoch `e` reads the files in an order seeded by (seed, e) and
-  shuffles the records with a second seed from (seed, e), so no two epochs share an order even
-  when the shuffle buffer is far smaller than an epoch. With `cache`, the first read is kept in
-  memory and every epoch shuffles all of it. The augmentation of the example at stream position
-  `i` is keyed by (seed, stream, i) (stream: the process index for per-process shares, else 0),
-  so any step can be rebuilt without replaying the ones before it.
+- Training repeats forever. Epoch `e` puts the share's files in an order seeded by (seed, e) and
+  cuts that order into groups of whole files, each holding about half of `shuffle_buffer`
+  records (at least one file); each group is read whole and shuffled in full with a seed from
+  (seed, e) and the group. Every epoch is thus a permutation of the share, and no two epochs
+  share an order. The next group is read while the current one is used, so about
+  `shuffle_buffer` records are held (more only where one file holds more). With `cache`, the
+  first read is kept in memory and every epoch shuffles all of it; in-memory items count as one
+  file, shuffled whole every epoch.
+- Resume is exact and its cost does not grow with the position: the per-file counts place a
+  stream position in (epoch, group, offset), so `start_step` reads (without decoding) only the
+  group it falls in, as much as a fresh start reads. The augmentation of the example at stream
+  position `i` is keyed by (seed, stream, i) (stream: the process index for per-process shares,
+  else 0), so any step can be rebuilt without replaying the ones before it.
+- A run may resume on another process count. In-memory data then continues its global stream
+  exactly. TFDS shares are cut anew: each process starts at the resumed step's position in its
+  new share, so the epoch in progress may repeat some examples and miss others; the following
+  epochs are again permutations of the split.
 - Evaluation is finite, sees every example of the split exactly once across all processes, and
   pads with masked zeros so every process yields the same number of equally shaped batches.
 """
@@ -41,8 +52,8 @@ def train_batches(
     """Endless augmented batches {"image": uint8 [B, S, S, 3], "label": i32 [B]} for this process.
 
     B = spec.batch_size // process_count. The stream is a function of `seed` alone, and
-    `start_step=k` yields exactly what a fresh iterator yields after k batches. Resuming costs
-    reading (not decoding) at most one epoch of this process's records, to refill the shuffle.
+    `start_step=k` yields exactly what a fresh iterator yields after k batches, reading (not
+    decoding) at most one shuffle group of records before its first batch, whatever k.
     """
     local_batch = _local_batch_size(spec.batch_size, process_count, "batch_size")
     _check_process_index(process_index, process_count)
@@ -97,7 +108,7 @@ def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_
             "mask": tf.constant(False),
         }
     ).repeat(num_batches * local_batch - part.count)
-    examples = part.read(None).map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
+    examples = part.read_all().map(eval_example, num_parallel_calls=tf.data.AUTOTUNE)
     batches = examples.concatenate(padding).batch(local_batch, drop_remainder=True)
     return _as_numpy(batches, spec.prefetch)
 
@@ -106,35 +117,62 @@ def _train_stream(
     part: Part, spec: DataSpec, seed: int, process_index: int, local_batch: int, start_step: int
 ) -> tuple[tf.data.Dataset, int]:
     """This process's (stream position, record) pairs from step `start_step`, and the stream id."""
-    cache = spec.cache
+    buffer, cache = spec.shuffle_buffer, spec.cache
     if not part.whole:
-        return _epochs(part, seed, start_step * local_batch, cache), process_index
-    examples = _epochs(part, seed, start_step * spec.batch_size, cache)
+        return _epochs(part, seed, start_step * local_batch, buffer, cache), process_index
+    examples = _epochs(part, seed, start_step * spec.batch_size, buffer, cache)
     # Filtering before decoding: each process decodes only its own slice.
     mine = examples.filter(lambda index, _: index % spec.batch_size // local_batch == process_index)
     return mine, 0
 
 
-def _epochs(part: Part, seed: int, start: int, cache: bool) -> tf.data.Dataset:
-    """Endless (global index, record) pairs, from `start`; epoch e's file order and shuffle are
-    seeded by (seed, e) alone."""
-    first_epoch, offset = divmod(start, part.count)
+def _epochs(part: Part, seed: int, start: int, shuffle_buffer: int, cache: bool) -> tf.data.Dataset:
+    """Endless (stream position, record) pairs from position `start`, in groups of files shuffled
+    whole (see the module docstring); epoch e's file order and shuffles depend on (seed, e) alone."""
+    num_files = len(part.file_counts)
+    group_size = max(1, shuffle_buffer // 2)
     # The cache holds the share in its stored file order: the shuffle must then cover all of it.
-    cached = part.read(None).cache() if cache else None
-    buffer = part.count if cache else part.shuffle_buffer
+    num_groups = 1 if cache else min(num_files, -(-part.count // group_size))
+    # Group g of an epoch: the files at positions [bounds[g], bounds[g + 1]) of its file order.
+    bounds = [group * num_files // num_groups for group in range(num_groups + 1)]
+    group_bounds, counts = tf.constant(bounds, tf.int64), tf.constant(part.file_counts, tf.int64)
+    cached = part.read_all().cache() if cache else None
 
-    def epoch(index: tf.Tensor) -> tf.data.Dataset:
-        epoch_seed = tf.stack([tf.constant(seed, tf.int64), index])
-        shuffle_seed = tf.random.stateless_uniform([], seed=epoch_seed, minval=None, dtype=tf.int64)
-        file_seed = tf.random.stateless_uniform(
-            [], seed=tf.random.experimental.stateless_fold_in(epoch_seed, 1), minval=None, dtype=tf.int64
-        )
-        records = part.read(file_seed) if cached is None else cached
-        return records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+    def epoch(index: tf.Tensor | int, first_group: int = 0) -> tf.data.Dataset:
+        shuffle_seed, order = _epoch_order(seed, index, num_files)
 
-    examples = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-    # Skipping before decoding keeps a resume cheap: skipped records are read, never decoded.
-    return examples.enumerate(start=first_epoch * part.count).skip(offset)
+        def group(group_index: tf.Tensor) -> tf.data.Dataset:
+            # Stored order within a group (its shuffle covers all of it): one group reads as the cache.
+            files = tf.sort(order[group_bounds[group_index] : group_bounds[group_index + 1]])
+            records = part.read(files) if cached is None else cached
+            size = tf.reduce_sum(tf.gather(counts, files))
+            # Group 0 keeps the epoch's seed: one-group epochs (in-memory items, the cache) shuffle
+            # as they did before epochs had groups, so their runs resume exactly across versions.
+            group_seed = tf.bitwise.bitwise_xor(shuffle_seed, group_index)
+            return records.shuffle(size, seed=group_seed, reshuffle_each_iteration=False)
+
+        return tf.data.Dataset.range(first_group, num_groups).flat_map(group)
+
+    # Resuming starts at the group that holds `start`: the groups before it are never read.
+    first_epoch, offset = divmod(start, part.count)
+    order = _epoch_order(seed, first_epoch, num_files)[1].numpy()
+    group_ends = np.cumsum(np.add.reduceat(np.array(part.file_counts)[order], bounds[:-1]))
+    first_group = int(np.searchsorted(group_ends, offset, side="right"))
+    skip = offset - (int(group_ends[first_group - 1]) if first_group else 0)
+    later = tf.data.Dataset.counter(first_epoch + 1).flat_map(epoch)
+    records = epoch(first_epoch, first_group).skip(skip).concatenate(later)
+    # Records of this group waiting here let the next group be read and shuffled meanwhile.
+    return records.prefetch(group_size).enumerate(start=start)
+
+
+def _epoch_order(seed: int, epoch: tf.Tensor | int, num_files: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(shuffle seed, file order) of epoch `epoch`: int64 scalar and permutation of the file indices."""
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
+    shuffle_seed = tf.random.stateless_uniform([], seed=epoch_seed, minval=None, dtype=tf.int64)
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_files, dtype=tf.int64), seed=tf.random.experimental.stateless_fold_in(epoch_seed, 1)
+    )
+    return shuffle_seed, order
 
 
 def _as_numpy(batches: tf.data.Dataset, prefetch: int) -> Iterator[Batch]:

@@ -12,6 +12,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import os
 import re
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ import tqdm
 from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 from sklearn import utils as sklearn_utils
+from tensorflow_datasets.core.utils import shard_utils
 
 from mobilenet_jax.data.preprocess import EVAL_CROP_PADDING, keep_tensorflow_off_accelerators
 from mobilenet_jax.data.spec import HELD_OUT_PERCENT, DatasetInfo, DataSpec
@@ -37,6 +39,8 @@ SPLIT_SEED = 0
 DIGITS_NUM_TEST = 360
 # Digits fill their 8x8 frame: crop mildly, never flip, evaluate on the whole image.
 DIGITS_CROP_MIN_AREA = 0.6
+# TFDS files read at once, 16 records from each in turn: TFDS's own reading order.
+READ_CYCLE, READ_BLOCK = 16, 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,17 +54,25 @@ class Augment:
 
 @dataclasses.dataclass(frozen=True)
 class Part:
-    """One process's share of a split, before shuffling and preprocessing."""
+    """One process's share of a split, before shuffling and preprocessing: its files and a reader."""
 
-    # file seed -> {"image", "label": int32} records. A seed (an int64 tensor) picks the order in
-    # which files are read; None reads them in their stored order. In-memory items ignore it.
-    read: Callable[[tf.Tensor | None], tf.data.Dataset]
-    count: int  # examples in this process's share
+    # File indices (an int64 vector) -> the {"image", "label": int32} records those files hold for
+    # this share, in an order fixed by the indices. In-memory items are one file.
+    read: Callable[[tf.Tensor], tf.data.Dataset]
+    file_counts: tuple[int, ...]  # examples each file holds for this share, in stored order
     max_count: int  # examples in the largest share of any process
     load: Callable[[tf.Tensor], tf.Tensor]  # record image -> encoded bytes or an HWC tensor
-    shuffle_buffer: int
     # The whole split for every process, which keeps its slice of each global batch.
     whole: bool = False
+
+    @property
+    def count(self) -> int:
+        """Examples in this process's share."""
+        return sum(self.file_counts)
+
+    def read_all(self) -> tf.data.Dataset:
+        """The share's records, its files in stored order."""
+        return self.read(tf.range(len(self.file_counts), dtype=tf.int64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,23 +117,46 @@ def _tfds_source(spec: DataSpec) -> Source:
     def part(train: bool, process_index: int, process_count: int) -> Part:
         shares = tfds.even_splits(train_split if train else eval_split, process_count)
         counts = [builder.info.splits[share].num_examples for share in shares]
-
-        def read(file_seed: tf.Tensor | None) -> tf.data.Dataset:
-            dataset = builder.as_dataset(
-                split=shares[process_index],
-                decoders={image_key: tfds.decode.SkipDecoding()},
-                shuffle_files=file_seed is not None,
-                # The seed is a tensor: each epoch builds its own reader with its own file order.
-                # TFDS's in-memory autocache would then be filled and dropped once per epoch.
-                read_config=tfds.ReadConfig(
-                    shuffle_seed=file_seed, shuffle_reshuffle_each_iteration=False, try_autocache=False
-                ),
-            )
-            return dataset.map(lambda ex: {"image": ex[image_key], "label": tf.cast(ex[label_key], tf.int32)})
-
-        return Part(read, counts[process_index], max(counts), tf.identity, spec.shuffle_buffer)
+        files = builder.info.splits[shares[process_index]].file_instructions
+        read = _tfds_reader(builder, files, image_key, label_key)
+        return Part(read, tuple(file.take for file in files), max(counts), tf.identity)
 
     return Source(info, _imagenet_augment(spec), part)
+
+
+def _tfds_reader(
+    builder: tfds.core.DatasetBuilder, files: list[shard_utils.FileInstruction], image_key: str, label_key: str
+) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """`Part.read` of a TFDS share's files (its `file_instructions`), images left encoded.
+
+    Reading files directly, rather than through `builder.as_dataset`, lets the pipeline read any
+    subset of them in any order; each file yields only its slice of the share (skip, take).
+    """
+    paths = tf.constant([os.fspath(file.filename) for file in files], tf.string)
+    skips = tf.constant([file.skip for file in files], tf.int64)
+    takes = tf.constant([file.take for file in files], tf.int64)
+    adapter = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[builder.info.file_format]
+    features = builder.info.features
+    decoders = {image_key: tfds.decode.SkipDecoding()}
+
+    def file_records(index: tf.Tensor) -> tf.data.Dataset:
+        return adapter.make_tf_data(paths[index]).skip(skips[index]).take(takes[index])
+
+    def record(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        example = features.deserialize_example(serialized, decoders=decoders)
+        return {"image": example[image_key], "label": tf.cast(example[label_key], tf.int32)}
+
+    def read(indices: tf.Tensor) -> tf.data.Dataset:
+        serialized = tf.data.Dataset.from_tensor_slices(indices).interleave(
+            file_records,
+            cycle_length=READ_CYCLE,
+            block_length=READ_BLOCK,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        return serialized.map(record, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return read
 
 
 def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
@@ -329,23 +364,22 @@ def _array_part(
     process_count: int,
 ) -> Part:
     """All in-memory training items (see `Part.whole`), or this process's contiguous even share
-    of the evaluation items. Each training epoch shuffles all of them: no file order to seed."""
+    of the evaluation items; either way one "file", so each training epoch shuffles all of it."""
     if is_train:
         items, labels = train
-        count = len(labels)
-        return Part(_in_memory(items, labels), count, count, load, shuffle_buffer=max(count, 1), whole=True)
+        return Part(_in_memory(items, labels), (len(labels),), len(labels), load, whole=True)
     items, labels = test
     bounds = [_even_share(len(labels), index, process_count) for index in range(process_count)]
     start, stop = bounds[process_index]
-    count = stop - start
     max_count = max(end - begin for begin, end in bounds)
-    read = _in_memory(items[start:stop], labels[start:stop])
-    return Part(read, count, max_count, load, shuffle_buffer=max(count, 1))
+    return Part(_in_memory(items[start:stop], labels[start:stop]), (stop - start,), max_count, load)
 
 
-def _in_memory(items: np.ndarray, labels: np.ndarray) -> Callable[[tf.Tensor | None], tf.data.Dataset]:
-    """`Part.read` of in-memory items, which have no file order."""
-    return lambda file_seed: tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
+def _in_memory(items: np.ndarray, labels: np.ndarray) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """`Part.read` of in-memory items, held as one file."""
+    # Built once: a pipeline function that captures this dataset, not the arrays, stays small.
+    dataset = tf.data.Dataset.from_tensor_slices({"image": items, "label": labels})
+    return lambda files: dataset
 
 
 def _even_share(n: int, index: int, count: int) -> tuple[int, int]:

@@ -1,9 +1,8 @@
-"""The pipeline on ImageNet (TFDS mock) and a tiny TFDS dataset: batches, padding, seeds, resume, sharding."""
+"""The pipeline on imagenet2012 (random JPEGs) and tiny TFDS datasets: batches, padding, seeds, resume, sharding."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import pytest
@@ -25,42 +24,25 @@ from data_helpers import (
     take,
     train_iterator,
 )
+from tfds_builders import FakeImagenet
 from mobilenet_jax import data
 
 
 @pytest.fixture(scope="module")
-def imagenet_metadata(tmp_path_factory) -> str:
-    """A data_dir holding only imagenet2012's metadata, with MOCK_EXAMPLES per split."""
+def imagenet(tmp_path_factory) -> data.DataSpec:
+    """A config for imagenet2012 prepared with MOCK_EXAMPLES random JPEGs of random sizes per split."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    builder = tfds.builder("imagenet2012", data_dir=data_dir)
-    splits = [
-        tfds.core.SplitInfo(name=name, shard_lengths=[MOCK_EXAMPLES], num_bytes=0)
-        for name in ("train", "validation")
-    ]
-    builder.info.set_splits(tfds.core.SplitDict(splits))
-    os.makedirs(builder.data_dir)
-    builder.info.write_to_directory(builder.data_dir)
-    return data_dir
+    FakeImagenet(examples=MOCK_EXAMPLES, data_dir=data_dir).download_and_prepare()
+    return make_spec(dataset="imagenet2012", data_dir=data_dir, batch_size=4, eval_batch_size=4)
 
 
-@pytest.fixture
-def imagenet(imagenet_metadata):
-    """A config for imagenet2012 while TFDS serves random JPEGs of random sizes."""
-    with tfds.testing.mock_data(
-        num_examples=MOCK_EXAMPLES,
-        policy=tfds.testing.MockPolicy.USE_FILES,
-        data_dir=imagenet_metadata,
-    ):
-        yield make_spec(dataset="imagenet2012", batch_size=4, eval_batch_size=4)
+def stored_labels(spec: data.DataSpec, split: str) -> list[int]:
+    """The labels of a split of the dataset of `spec`, in TFDS's reading order."""
+    return [int(example["label"]) for example in tfds.load(spec.dataset, split=split, data_dir=spec.data_dir)]
 
 
-def mock_labels(split: str) -> list[int]:
-    """The labels the mock serves, in reading order."""
-    return [int(example["label"]) for example in tfds.load("imagenet2012", split=split)]
-
-
-def test_imagenet_mock_serves_jpeg_bytes(imagenet):
-    builder = tfds.builder("imagenet2012")
+def test_imagenet_serves_jpeg_bytes(imagenet):
+    builder = tfds.builder("imagenet2012", data_dir=imagenet.data_dir)
     dataset = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
     example = next(iter(dataset))
     assert example["image"].dtype == tf.string and bool(tf.io.is_jpeg(example["image"]))
@@ -77,7 +59,7 @@ def test_imagenet_train_batches(imagenet):
     assert batch.keys() == {"image", "label"}
     assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
-    assert set(batch["label"]) <= set(mock_labels("train"))
+    assert set(batch["label"]) <= set(stored_labels(imagenet, "train"))
     assert batch["image"].std() > 10  # real pixels, not padding
 
 
@@ -86,7 +68,7 @@ def test_imagenet_eval_pads_and_masks(imagenet):
     assert len(batches) == 3  # ceil(10 / 4)
     assert [batch["mask"].tolist() for batch in batches][-1] == [True, True, False, False]
     assert sum(int(batch["mask"].sum()) for batch in batches) == MOCK_EXAMPLES
-    assert real_labels(batches).tolist() == mock_labels("validation")
+    assert real_labels(batches).tolist() == stored_labels(imagenet, "validation")
     last = batches[-1]
     assert last["image"].shape == (4, SIZE, SIZE, 3) and last["mask"].dtype == bool
     assert not last["image"][2:].any() and not last["label"][2:].any()
@@ -111,7 +93,7 @@ def test_imagenet_augmentation_is_seeded(imagenet):
         batch = next(iterator)
         return batch["image"][np.argsort(batch["label"])]
 
-    assert len(set(mock_labels("train"))) == MOCK_EXAMPLES
+    assert len(set(stored_labels(imagenet, "train"))) == MOCK_EXAMPLES
     first, second = epoch_by_label(0), epoch_by_label(1)
     assert all(not np.array_equal(one, other) for one, other in zip(first, second))
 
@@ -120,7 +102,7 @@ def test_imagenet_epochs_are_permutations(imagenet):
     iterator = data.create_train_iterator(imagenet, seed=0, process_index=0, process_count=1)
     labels = np.concatenate([batch["label"] for batch in take(iterator, 5)])
     first, second = labels[:MOCK_EXAMPLES], labels[MOCK_EXAMPLES:]
-    assert sorted(first) == sorted(second) == sorted(mock_labels("train"))
+    assert sorted(first) == sorted(second) == sorted(stored_labels(imagenet, "train"))
     assert first.tolist() != second.tolist()  # each epoch has its own order
 
 
@@ -138,6 +120,14 @@ def test_cache_keeps_the_stream_when_the_buffer_holds_the_share(imagenet):
         spec = dataclasses.replace(imagenet, cache=cache)
         iterator = data.create_train_iterator(spec, seed=2, process_index=0, process_count=1)
         return take(iterator, 4)  # two epochs: the second reads from the cache
+
+    assert_same_batches(batches(True), batches(False))
+
+
+def test_cache_keeps_the_stream_of_many_files_when_a_group_holds_the_share(sharded):
+    def batches(cache: bool) -> list[dict[str, np.ndarray]]:
+        spec = dataclasses.replace(sharded, cache=cache, shuffle_buffer=2 * SHARDED_TRAIN)
+        return take(train_iterator(spec, seed=2), 2 * SHARDED_TRAIN // spec.batch_size)  # two epochs
 
     assert_same_batches(batches(True), batches(False))
 
