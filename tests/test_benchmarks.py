@@ -35,3 +35,33 @@ def test_peak_of_a_call_counts_what_it_allocates_and_frees():
     baseline = memory.settled_resident_mb()
     peak = memory.peak_of_call_mb(lambda: np.ones(300 * 2**20 // 8).sum(), baseline)
     assert 290 < peak < 400
+
+
+def test_input_pipeline_builds_imagenet_like_jpegs_and_times_the_training_iterator(tmp_path):
+    from benchmarks import input_pipeline
+
+    data_dir = input_pipeline.dataset_dir(tmp_path, examples=16, grain=30)
+    input_pipeline.build_dataset(data_dir, examples=16, grain=30, shards=2)
+    stats = input_pipeline.dataset_stats(data_dir)
+    assert stats["examples"] == 16 and stats["shards"] == 2 and stats["classes"] == 10
+    assert 120 <= stats["mean_height"] <= 500 and 120 <= stats["mean_width"] <= 500
+
+    result = input_pipeline.measure_pipeline(str(data_dir), image_size=32, batch=8, warmup=1, batches=1)
+    # The current code yields uint8 pixels and int32 labels: 32 * 32 * 3 + 4 bytes per image.
+    assert result["dtype"] == "uint8" and result["bytes_per_image"] == 32 * 32 * 3 + 4
+    assert result["images"] == 8 and result["images_per_s"] > 0
+
+
+def test_input_pipeline_table_compares_the_last_tree_with_the_first_round_by_round():
+    from benchmarks.input_pipeline import pipeline_table
+
+    def row(tree: str, round_index: int, rate: float, dtype: str, size: int) -> dict:
+        return dict(tree=tree, round=round_index, cores=1, images_per_s=rate, dtype=dtype, bytes_per_image=size,
+                    busy_cores=0.1, load1=0.5)
+
+    rows = [row("old", 0, 100.0, "float32", 602116), row("new", 0, 150.0, "uint8", 150532),
+            row("old", 1, 80.0, "float32", 602116), row("new", 1, 100.0, "uint8", 150532)]
+    lines = pipeline_table(rows, ["old", "new"], [1]).splitlines()
+    # Medians 90 and 125 img/s; per round 1.50x and 1.25x.
+    assert "new / old on 1 core(s): 1.39x (per round 1.25-1.50x)" in lines
+    assert "bytes per yielded image: 150,532 / 602,116 = 0.25x" in lines
