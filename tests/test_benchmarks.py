@@ -51,6 +51,11 @@ def test_input_pipeline_builds_imagenet_like_jpegs_and_times_the_training_iterat
     assert result["dtype"] == "uint8" and result["bytes_per_image"] == 32 * 32 * 3 + 4
     assert result["images"] == 8 and result["images_per_s"] > 0
 
+    from benchmarks import resume
+
+    first = resume.first_batch(str(data_dir), start_step=1, batch=8, shuffle_buffer=8)
+    assert first["seconds"] > 0 and first["mb_read"] > 0
+
 
 def test_input_pipeline_table_compares_the_last_tree_with_the_first_round_by_round():
     from benchmarks.input_pipeline import pipeline_table
