@@ -76,6 +76,9 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.shuffle_buffer = 16_384
     config.cache = False
     config.prefetch = 0  # batches; 0 lets tf.data tune it
+    # How pixels travel to the devices, which normalise them: "uint8" (rounded as PIL stores
+    # resized images; a quarter of float32's bytes) or "float32".
+    config.input_dtype = "uint8"
 
     # Batches are global: split over processes and devices. None: per_device_batch_size times
     # the number of devices of the run (eval_batch_size None: the training batch).

@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "digits"
     config.image_size = 32
     config.normalization = "inception"
+    config.input_dtype = "float32"  # 8x8 images upsampled: rounding to uint8 would add banding
     config.shuffle_buffer = 2048
     config.model.alpha = 0.25
     config.model.dropout_rate = 0.0

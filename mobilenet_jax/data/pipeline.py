@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mobilenet_jax.data.preprocess import preprocess_for_eval, preprocess_for_train
+from mobilenet_jax.data.preprocess import as_pixels, preprocess_for_eval, preprocess_for_train
 from mobilenet_jax.data.sources import Part, Source, open_source
 from mobilenet_jax.data.spec import DatasetInfo, DataSpec
 
@@ -49,7 +49,7 @@ Batch = dict[str, np.ndarray]
 def train_batches(
     source: Source, spec: DataSpec, *, seed: int, process_index: int, process_count: int, start_step: int = 0
 ) -> Iterator[Batch]:
-    """Endless augmented batches {"image": uint8 [B, S, S, 3], "label": i32 [B]} for this process.
+    """Endless augmented batches {"image": [B, S, S, 3] of spec.input_dtype, "label": i32 [B]} for this process.
 
     B = spec.batch_size // process_count. The stream is a function of `seed` alone, and
     `start_step=k` yields exactly what a fresh iterator yields after k batches, reading (not
@@ -78,14 +78,14 @@ def train_batches(
             flip=augment.flip,
             crop_padding=augment.eval_crop_padding,
         )
-        return {"image": image, "label": record["label"]}
+        return {"image": as_pixels(image, spec.input_dtype), "label": record["label"]}
 
     batches = examples.map(train_example, num_parallel_calls=tf.data.AUTOTUNE)
     return _as_numpy(batches.batch(local_batch, drop_remainder=True), spec.prefetch)
 
 
 def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_count: int) -> Iterator[Batch]:
-    """One pass over the eval split: {"image": uint8, "label", "mask": bool [B]} batches, padded.
+    """One pass over the eval split: {"image": spec.input_dtype, "label", "mask": bool [B]} batches, padded.
 
     B = spec.eval_batch_size // process_count. Every process yields the same number of
     batches; padding examples are zero images with label 0 and mask False, so the True masks of
@@ -98,12 +98,12 @@ def eval_batches(source: Source, spec: DataSpec, *, process_index: int, process_
 
     def eval_example(record: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = preprocess_for_eval(part.load(record["image"]), size, crop_padding=source.augment.eval_crop_padding)
-        return {"image": image, "label": record["label"], "mask": tf.constant(True)}
+        return {"image": as_pixels(image, spec.input_dtype), "label": record["label"], "mask": tf.constant(True)}
 
     num_batches = -(-part.max_count // local_batch)
     padding = tf.data.Dataset.from_tensors(
         {
-            "image": tf.zeros([size, size, 3], tf.uint8),
+            "image": tf.zeros([size, size, 3], spec.input_dtype),
             "label": tf.constant(0, tf.int32),
             "mask": tf.constant(False),
         }

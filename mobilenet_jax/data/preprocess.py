@@ -1,9 +1,9 @@
 """Preprocessing of single images in TensorFlow: crops fused with JPEG decoding, resize, flip.
 
 Images are resized bilinearly with antialiasing (the torchvision / PIL behaviour), for training
-and evaluation alike, and leave as uint8 pixels, rounded as PIL rounds a resized image: a
-quarter of float32's bytes on their way to the devices, which normalise them
-(`normalize_images` here, `spec.normalize` inside a jitted step).
+and evaluation alike, to float32 on the 0..255 scale. `as_pixels` rounds them to uint8 for the
+trip to the devices (a quarter of float32's bytes), which normalise them (`normalize_images`
+here, `spec.normalize` inside a jitted step).
 """
 
 from __future__ import annotations
@@ -30,6 +30,14 @@ def normalize_images(images: Any, convention: str) -> Any:
     return normalize(images, convention)
 
 
+def as_pixels(image: tf.Tensor, dtype: str) -> tf.Tensor:
+    """A 0..255 float image as the pipeline sends it: "uint8" rounds to nearest (as PIL stores a
+    resized image), "float32" keeps it as it is."""
+    if dtype == "float32":
+        return image
+    return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+
+
 def preprocess_for_train(
     image: tf.Tensor,
     rng_seed: tf.Tensor,
@@ -39,7 +47,7 @@ def preprocess_for_train(
     flip: bool = True,
     crop_padding: int = EVAL_CROP_PADDING,
 ) -> tf.Tensor:
-    """Inception-style random crop (fused with JPEG decoding), resize and flip, as uint8 [S, S, 3].
+    """Inception-style random crop (fused with JPEG decoding), resize and flip: float32 [S, S, 3], 0..255.
 
     `image` is an encoded image string (JPEG decodes only the crop; PNG and others decode fully)
     or a decoded HWC tensor. `rng_seed` is a stateless seed of shape [2]: the output is a pure
@@ -65,8 +73,8 @@ def preprocess_for_eval(
     *,
     crop_padding: int = EVAL_CROP_PADDING,
 ) -> tf.Tensor:
-    """Center crop of image_size / (image_size + crop_padding) of the shorter side, resized, as
-    uint8 [S, S, 3]."""
+    """Center crop of image_size / (image_size + crop_padding) of the shorter side, resized:
+    float32 [S, S, 3], 0..255."""
     keep_tensorflow_off_accelerators()
     window_fn = functools.partial(
         _center_crop_window, image_size=image_size, crop_padding=crop_padding
@@ -122,10 +130,9 @@ def _random_crop_window(
 
 
 def _resize(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Bilinear antialiased resize to uint8 [image_size, image_size, 3], rounded to nearest."""
+    """Bilinear antialiased resize to a float32 [image_size, image_size, 3] image."""
     resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
-    pixels = tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), tf.uint8)
-    return tf.ensure_shape(pixels, [image_size, image_size, 3])
+    return tf.ensure_shape(resized, [image_size, image_size, 3])
 
 
 @functools.cache

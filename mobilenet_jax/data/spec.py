@@ -21,6 +21,7 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 MIN_IMAGE_SIZE = 32
 BUILTIN_DATASETS = ("digits", "folder")  # any other name is a TFDS dataset
 HELD_OUT_PERCENT = 10  # of a TFDS "train" split, evaluated on when the dataset has no eval split
+INPUT_DTYPES = ("uint8", "float32")
 
 
 def check_normalization(name: str) -> str:
@@ -63,6 +64,8 @@ class DataSpec:
     shuffle_buffer: int = 16_384
     cache: bool = False  # keep the first read in memory; every epoch then shuffles all of it
     prefetch: int = 0  # batches; 0 lets tf.data tune it
+    # How pixels travel to the devices: "uint8" (rounded; a quarter of the bytes) or "float32".
+    input_dtype: str = "uint8"
 
     def __post_init__(self) -> None:
         if self.image_size < MIN_IMAGE_SIZE:
@@ -73,6 +76,8 @@ class DataSpec:
         for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.input_dtype not in INPUT_DTYPES:
+            raise ValueError(f"input_dtype must be one of {list(INPUT_DTYPES)}, got {self.input_dtype!r}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (0: tuned by tf.data), got {self.prefetch}")
         if not 0 < self.crop_min_area <= 1:
