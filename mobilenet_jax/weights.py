@@ -2,8 +2,10 @@
 
 `save_model(path, model, variables)` writes `path` (the variables) and `path + ".json"` (the
 fields); `load_model(path)` gives back `(MobileNetV1, variables)`, with nothing of the training
-code, so any Flax user can run a trained or converted model. A training run also records the
-names of its classes, in output order, as `path + ".classes.json"` (`load_class_names`).
+code, so any Flax user can run a trained or converted model. Beside them a model file may record
+the names of its classes, in output order, as `path + ".classes.json"` (`load_class_names`), and
+how its images are preprocessed, as `path + ".preprocessing.json"` (`load_preprocessing`): a
+training run records both, `pretrained.save_pretrained` the preprocessing.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import jax.numpy as jnp
 from mobilenet_jax.paths import to_path
 from flax import serialization
 
+from mobilenet_jax.interop.preprocessing import Preprocessing
 from mobilenet_jax.model import MobileNetV1
 
 MODEL_FILE = "mobilenet_v1.msgpack"  # what a finished training run writes into its workdir
 CONFIG_FILE = "config.json"  # the resolved config a training run records in its workdir
 FIELDS_SUFFIX = ".json"
 CLASS_NAMES_SUFFIX = ".classes.json"
+PREPROCESSING_SUFFIX = ".preprocessing.json"
 
 
 def model_fields(model: MobileNetV1) -> dict[str, Any]:
@@ -56,22 +60,54 @@ def load_variables(path: str) -> dict[str, Any]:
 
 
 def save_model(
-    path: str, model: MobileNetV1, variables: Mapping[str, Any], class_names: Sequence[str] | None = None
+    path: str,
+    model: MobileNetV1,
+    variables: Mapping[str, Any],
+    class_names: Sequence[str] | None = None,
+    *,
+    preprocessing: Preprocessing | None = None,
 ) -> None:
     """Write the variables to `path`, the model's fields to `path + ".json"` and, when given, the
-    class names (one per output) to `path + ".classes.json"`."""
+    class names (one per output) to `path + ".classes.json"` and the preprocessing to
+    `path + ".preprocessing.json"`; a class-name or preprocessing file left there by an earlier
+    model is removed, so that none describes another model."""
     if class_names is not None and len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model of {model.num_classes} classes")
     save_variables(path, variables)
     to_path(path + FIELDS_SUFFIX).write_text(json.dumps(model_fields(model), indent=1))
-    if class_names is not None:
-        to_path(path + CLASS_NAMES_SUFFIX).write_text(json.dumps(list(class_names), indent=1))
+    _write_beside(path + CLASS_NAMES_SUFFIX, None if class_names is None else list(class_names))
+    _write_beside(path + PREPROCESSING_SUFFIX, None if preprocessing is None else preprocessing.to_json())
+
+
+def _write_beside(path: str, content: Any) -> None:
+    """Write `content` as JSON to `path`, or remove `path` when `content` is None."""
+    if content is not None:
+        to_path(path).write_text(json.dumps(content, indent=1))
+    elif to_path(path).exists():
+        to_path(path).unlink()
 
 
 def load_class_names(path: str) -> tuple[str, ...] | None:
     """The class names recorded beside the model file at `path`, None where none are."""
     names_path = to_path(path + CLASS_NAMES_SUFFIX)
     return tuple(json.loads(names_path.read_text())) if names_path.exists() else None
+
+
+def load_preprocessing(path: str) -> Preprocessing | None:
+    """The preprocessing recorded beside the model file at `path`, None where none is.
+
+    Raises ValueError naming the file when the record is not one `save_model` writes.
+    """
+    recipe_path = to_path(path + PREPROCESSING_SUFFIX)
+    if not recipe_path.exists():
+        return None
+    try:
+        return Preprocessing.from_json(json.loads(recipe_path.read_text()))
+    except (ValueError, TypeError) as error:  # JSON errors are ValueErrors; a non-object is a TypeError
+        raise ValueError(
+            f"{recipe_path} is no preprocessing record ({error}); write the model again with its preprocessing, "
+            "or delete the file and give the image size and normalisation yourself"
+        ) from error
 
 
 def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:

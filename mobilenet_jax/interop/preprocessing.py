@@ -3,21 +3,23 @@
 TF-Slim (and the Keras weights, converted from its checkpoints) crop the central 87.5 % of an
 image, resize it bilinearly to the input size and map pixels to [-1, 1]. timm resizes the
 shorter side to size / crop fraction (bicubic), crops the centre, and normalises by mean and
-std per channel (0.5 and 0.5 for its MobileNet v1: also [-1, 1]). Resizing uses Pillow's
-filters, which antialias when downsampling (TensorFlow's bilinear resize does not), so pixels
-may differ slightly from the publishers' pipelines.
+std per channel (0.5 and 0.5 for its MobileNet v1: also [-1, 1]). A model trained here is
+evaluated as the data pipeline does (`for_run`): the central square of a fraction of the
+shorter side, resized bilinearly. Resizing uses Pillow's filters, which antialias when
+downsampling (TensorFlow's bilinear resize does not), so pixels may differ slightly from the
+publishers' pipelines.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
-from mobilenet_jax.data.spec import NORMALIZATIONS
+from mobilenet_jax.data.spec import NORMALIZATIONS, check_normalization
 
-RESIZE_MODES = ("crop_then_resize", "resize_then_crop")
+RESIZE_MODES = ("crop_then_resize", "resize_then_crop", "square_crop_then_resize")
 INTERPOLATIONS = ("bilinear", "bicubic")
 
 
@@ -26,8 +28,10 @@ class Preprocessing:
     """How images are fed to a model: crop, resize, then (pixel / 255 - mean) / std.
 
     `resize`: "crop_then_resize" (TF-Slim: the central `crop_fraction` of each side, resized to
-    `size` x `size`) or "resize_then_crop" (timm: shorter side to floor(size / crop_fraction),
-    then the central `size` x `size`).
+    `size` x `size`), "resize_then_crop" (timm: shorter side to floor(size / crop_fraction),
+    then the central `size` x `size`) or "square_crop_then_resize" (the data pipeline's
+    evaluation: the central square of int(crop_fraction * shorter side) whole pixels, resized
+    to `size` x `size`).
     """
 
     size: int = 224
@@ -54,10 +58,8 @@ class Preprocessing:
         image = image.convert("RGB")
         resample = Image.Resampling.BILINEAR if self.interpolation == "bilinear" else Image.Resampling.BICUBIC
         w, h = image.size
-        if self.resize == "crop_then_resize":
-            cw, ch = w * self.crop_fraction, h * self.crop_fraction
-            box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
-            image = image.resize((self.size, self.size), resample, box=box)
+        if self.resize != "resize_then_crop":
+            image = image.resize((self.size, self.size), resample, box=self._crop_box(w, h))
         else:
             short = math.floor(self.size / self.crop_fraction)
             scale = short / min(w, h)
@@ -67,6 +69,27 @@ class Preprocessing:
             image = image.crop((left, top, left + self.size, top + self.size))
         pixels = np.asarray(image, np.float32) / 255.0
         return (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+    def _crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The (left, top, right, bottom) region that a crop-first mode resizes to `size` x `size`."""
+        if self.resize == "crop_then_resize":
+            cw, ch = width * self.crop_fraction, height * self.crop_fraction
+            return ((width - cw) / 2, (height - ch) / 2, (width + cw) / 2, (height + ch) / 2)
+        side = int(self.crop_fraction * min(width, height))  # as data.preprocess._center_crop_window
+        left, top = (width - side + 1) // 2, (height - side + 1) // 2
+        return (left, top, left + side, top + side)
+
+    def to_json(self) -> dict[str, Any]:
+        """The fields as JSON-ready values (what a model file records beside it)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, recipe: Mapping[str, Any]) -> "Preprocessing":
+        """The preprocessing `to_json` wrote; ValueError naming the fields it does not know."""
+        unknown = sorted(set(recipe) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown preprocessing fields {unknown}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()})
 
 
 TF_SLIM = Preprocessing(interpolation="bilinear", resize="crop_then_resize")
@@ -78,11 +101,17 @@ def _unit_scale(values: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(v / 255 for v in values)
 
 
-def with_normalization(name: str, size: int) -> Preprocessing:
-    """TF-Slim's central crop and bilinear resize to `size`, normalised as the data pipeline's
-    `name` (a key of NORMALIZATIONS)."""
-    mean, std = (_unit_scale(values) for values in NORMALIZATIONS[name])
-    return dataclasses.replace(TF_SLIM, size=size, mean=mean, std=std)
+def for_run(image_size: int, normalization: str, crop_padding: int) -> Preprocessing:
+    """The evaluation preprocessing of a training run, as the data pipeline's `preprocess_for_eval`:
+    the central square of image_size / (image_size + crop_padding) of the shorter side, resized
+    bilinearly to `image_size`, normalised as `normalization` (a key of NORMALIZATIONS)."""
+    if crop_padding < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    mean, std = (_unit_scale(values) for values in NORMALIZATIONS[check_normalization(normalization)])
+    return Preprocessing(
+        size=image_size, crop_fraction=image_size / (image_size + crop_padding), interpolation="bilinear",
+        mean=mean, std=std, resize="square_crop_then_resize",
+    )
 
 
 def normalization_of(preprocessing: Preprocessing) -> str:

@@ -32,11 +32,10 @@ from mobilenet_jax import weights
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop import download, keras, tf_slim, timm
 from mobilenet_jax.interop.layout import Converted
-from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing, with_normalization
+from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing, for_run
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
 
-PREPROCESSING_SUFFIX = ".preprocessing.json"
 CONVERTERS: dict[str, Callable[[Any], Converted]] = {
     "tf_slim": tf_slim.from_tf_slim, "keras": keras.from_keras, "timm": timm.from_timm,
 }
@@ -44,6 +43,9 @@ CONVERTERS: dict[str, Callable[[Any], Converted]] = {
 SOURCE_FIELDS: dict[str, dict[str, Any]] = {"tf_slim": tf_slim.FIELDS, "keras": keras.FIELDS, "timm": timm.FIELDS}
 # The evaluation preprocessing of each source's weights where no registry entry names a size.
 SOURCE_PREPROCESSING: dict[str, Preprocessing] = {"tf_slim": TF_SLIM, "keras": TF_SLIM, "timm": TIMM}
+# The data pipeline's eval crop padding by dataset (data.sources' Augment), for runs whose model
+# file predates recording its preprocessing: digits evaluate on the whole image.
+_RUN_CROP_PADDING: dict[str | None, int] = {"digits": 0, None: 32}
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 _FILE_SOURCES = (  # (name endings, converter) of single weights files
     ((*_ARCHIVE_SUFFIXES, ".index", tf_slim.FROZEN_GRAPH_SUFFIX), "tf_slim"),
@@ -268,19 +270,20 @@ def _load_entry(entry: PretrainedWeights, file: str | os.PathLike | None) -> Pre
 
 
 def _run_preprocessing(config: dict[str, Any]) -> Preprocessing | None:
-    """The evaluation preprocessing of a training run, from the image size and normalisation its
-    config.json records (TF-Slim's central crop and bilinear resize); None if it records none."""
+    """The evaluation preprocessing of a training run from the config.json it records, for model
+    files written before they recorded their own; None if it records no normalisation."""
     if config.get("normalization") not in NORMALIZATIONS:
         return None
-    return with_normalization(config["normalization"], config.get("image_size", TF_SLIM.size))
+    crop_padding = _RUN_CROP_PADDING.get(config.get("dataset"), _RUN_CROP_PADDING[None])
+    return for_run(config.get("image_size", TF_SLIM.size), config["normalization"], crop_padding)
 
 
 def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
-    """The preprocessing recorded beside the model file at `path`: `save_pretrained`'s, else that
-    of the training run whose workdir holds it, else None."""
-    sidecar = to_path(os.fspath(path) + PREPROCESSING_SUFFIX)
-    if sidecar.exists():
-        return Preprocessing(**_tuples(json.loads(sidecar.read_text())))
+    """The preprocessing recorded beside the model file at `path`, else that of the training run
+    whose workdir holds it (its config.json), else None."""
+    recorded = weights.load_preprocessing(os.fspath(path))
+    if recorded is not None:
+        return recorded
     run_config = path.parent / weights.CONFIG_FILE
     return _run_preprocessing(json.loads(run_config.read_text())) if run_config.exists() else None
 
@@ -344,21 +347,13 @@ def load_pretrained(
     recipe = preprocessing or loaded.preprocessing
     if recipe is None:
         raise FileNotFoundError(
-            f"{os.fspath(name_or_path)} records no preprocessing (no {PREPROCESSING_SUFFIX} beside it, no run "
+            f"{os.fspath(name_or_path)} records no preprocessing (no {weights.PREPROCESSING_SUFFIX} beside it, no run "
             f"{weights.CONFIG_FILE}): pass preprocessing= or save the model with save_pretrained"
         )
     return loaded._replace(preprocessing=recipe)
 
 
-def _tuples(recipe: dict[str, Any]) -> dict[str, Any]:
-    """JSON lists back to the tuples `Preprocessing` holds."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in recipe.items()}
-
-
 def save_pretrained(path: str | os.PathLike, pretrained: Pretrained) -> None:
     """Write a loaded model as a model file (`weights.save_model`) plus its preprocessing beside it,
     so that `load_pretrained(path)` gives it back without converting again."""
-    weights.save_model(os.fspath(path), pretrained.model, pretrained.variables)
-    to_path(os.fspath(path) + PREPROCESSING_SUFFIX).write_text(
-        json.dumps(dataclasses.asdict(pretrained.preprocessing), indent=1)
-    )
+    weights.save_model(os.fspath(path), pretrained.model, pretrained.variables, preprocessing=pretrained.preprocessing)
