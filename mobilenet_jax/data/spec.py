@@ -19,6 +19,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "half": ((127.5,) * 3, (127.5,) * 3),
 }
 MIN_IMAGE_SIZE = 32
+# 9x the paper's 224, far beyond any published MobileNet v1 resolution; a larger size runs the
+# host and the devices out of memory long after the run started.
+MAX_IMAGE_SIZE = 2048
 BUILTIN_DATASETS = ("digits", "folder")  # any other name is a TFDS dataset
 HELD_OUT_PERCENT = 10  # of a TFDS "train" split, evaluated on when the dataset has no eval split
 INPUT_DTYPES = ("uint8", "float32")
@@ -73,6 +76,8 @@ class DataSpec:
                 f"image_size must be >= {MIN_IMAGE_SIZE} (MobileNet downsamples 32x), got {self.image_size}; "
                 "raise config.image_size"
             )
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ValueError(f"image_size must be <= {MAX_IMAGE_SIZE}, got {self.image_size}; lower config.image_size")
         for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")

@@ -121,6 +121,7 @@ def test_folder_errors(tmp_path):
             "config.dataset='no_such_dataset' is not a known dataset",
         ),
         ({"image_size": 16}, 1, "image_size must be >= 32.*got 16"),
+        ({"image_size": 100_000}, 1, "image_size must be <= 2048, got 100000; lower config.image_size"),
         ({"batch_size": 10}, 3, "batch_size=10 must be a positive multiple of process_count=3"),
     ],
 )
