@@ -1,17 +1,23 @@
 """Orbax checkpoints of the train state in `workdir/checkpoints`, and the config they were made with.
 
 Saves are asynchronous and atomic (Orbax writes into a temporary folder and renames it when
-complete), so a crash mid-write leaves the previous checkpoint as the latest. The last `keep`
-checkpoints are kept, and optionally the best one by evaluation accuracy. With several
-processes, which steps exist is process 0's answer and whether a step restored is every
-process's (`hosts`): all processes resume at one step or none does.
+complete), so a crash mid-write leaves the previous checkpoint as the latest. Each checkpoint
+carries its run's record (`run_record`) in its step metadata, written before the rename: a
+resume is checked against the checkpoint it restores, whatever became of `config.json`, the
+human-readable copy. The last `keep` checkpoints are kept, and optionally the best one by
+evaluation accuracy. With several processes, which steps exist is process 0's answer and
+whether a step restored is every process's (`hosts`): all processes resume at one step or none
+does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
+import re
 import sys
 from typing import Any, Iterator, Mapping
 
@@ -40,6 +46,9 @@ RESUMABLE_FIELDS = frozenset({
 })
 # Recorded beside the config: the class count comes from the data, not from a field.
 NUM_CLASSES = "num_classes"
+# How TensorStore names the OS error behind a failed write (it raises them as ValueErrors).
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]")
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RestoreDisagreement(RuntimeError):
@@ -60,8 +69,22 @@ def _state_tree(state: TrainState) -> dict[str, Any]:
 class Checkpoints:
     """Save and restore TrainStates held as replicated global arrays (`Parallel.to_global`)."""
 
-    def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = False, read_only: bool = False):
-        """`read_only` opens the checkpoints for restoring only: nothing in the folder is written."""
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        keep: int = 3,
+        keep_best: bool = False,
+        read_only: bool = False,
+        record: Mapping[str, Any] | None = None,
+    ):
+        """`read_only` opens the checkpoints for restoring only: nothing in the folder is written.
+        `record` (`run_record`) is saved with every checkpoint.
+
+        A save that meets a full disk raises one OSError with its errno (ENOSPC, or EDQUOT for a
+        quota) from `save`, `wait` or `close`, whichever first meets it; Orbax's logged reports
+        of it, each with a traceback, are dropped: they only repeat it.
+        """
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {keep}")
         preserve = [policies.LatestN(keep)]
@@ -78,8 +101,10 @@ class Checkpoints:
             create=not read_only,
         )
         self.directory = to_path(workdir) / CHECKPOINT_DIR
+        self._record = dict(record) if record is not None else None
         self._damaged: set[int] = set()
         self._reader = ocp.StandardCheckpointHandler()
+        logging.getLogger("absl").addFilter(_not_a_full_disk_report)
         with _without_log_lines("Given directory is read only"):  # what read_only asked for, not news
             self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -106,9 +131,13 @@ class Checkpoints:
             return
         if hosts.any_process(step in self._manager.all_steps()):
             return
-        self._manager.save(
-            step, args=ocp.args.StandardSave(_state_tree(state)), metrics=dict(metrics) if metrics else None
-        )
+        with self._write_errors_named():
+            self._manager.save(
+                step,
+                args=ocp.args.StandardSave(_state_tree(state)),
+                metrics=dict(metrics) if metrics else None,
+                custom_metadata=self._record,
+            )
 
     def restore(self, template: TrainState, step: int | None = None) -> TrainState:
         """The checkpoint at `step`, or by default the newest one that restores, in the shape and
@@ -125,7 +154,7 @@ class Checkpoints:
             try:
                 restored, reason = self._read(candidate, abstract), ""
             except Exception as error:  # Orbax and TensorStore raise many types for a damaged file
-                _silence_abandoned_reads()
+                _silence_abandoned_tasks()
                 restored, reason = None, f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
             failed = hosts.gathered_flags(bool(reason))
             if not failed.any():
@@ -167,12 +196,34 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Block until every started save is on disk."""
-        self._manager.wait_until_finished()
+        with self._write_errors_named():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
         """Finish pending saves and release the manager."""
-        self._manager.close()
-        self._reader.close()
+        try:
+            with self._write_errors_named():
+                self._manager.close()
+        finally:
+            self._reader.close()
+            logging.getLogger("absl").removeFilter(_not_a_full_disk_report)
+
+    @contextlib.contextmanager
+    def _write_errors_named(self) -> Iterator[None]:
+        """A full disk met by a save (an OSError, or TensorStore's ValueError naming the errno)
+        re-raised as one OSError with that errno, naming the folder and what to do."""
+        try:
+            yield
+        except (OSError, ValueError) as error:
+            code = _full_disk_errno(error)
+            if code is None:
+                raise
+            raised = OSError(
+                f"cannot write checkpoints in {self.directory}: {os.strerror(code).lower()}; free space there, "
+                "then rerun the same command: it resumes from the last complete checkpoint"
+            )
+            raised.errno = code
+            raise raised from None
 
 
 @contextlib.contextmanager
@@ -187,16 +238,39 @@ def _without_log_lines(prefix: str) -> Iterator[None]:
         logger.removeFilter(drop)
 
 
-def _silence_abandoned_reads() -> None:
-    """Drop the echoes of a failed restore, once one has failed; nothing else is filtered.
+def _full_disk_errno(error: BaseException | None) -> int | None:
+    """ENOSPC or EDQUOT when `error` is a full disk (an OSError, or TensorStore's ValueError
+    that names the errno), else None."""
+    if isinstance(error, OSError):
+        code = error.errno
+    else:
+        match = _OS_ERROR_CODE.search(str(error))
+        code = int(match[1]) if match else None
+    return code if code in FULL_DISK_ERRNOS else None
 
-    When one array of a checkpoint cannot be read, Orbax closes its event loop while TensorStore
-    still finishes the checkpoint's other reads: each of those reports "Event loop is closed" as
-    an unraisable exception, and asyncio logs every failed read task again. Both only repeat the
-    one-line report `restore` prints, and may arrive after it returns, so they stay filtered for
-    the rest of the process.
+
+def _not_a_full_disk_report(record: logging.LogRecord) -> bool:
+    """False for Orbax's logged reports of a full disk, which `Checkpoints` raises as one OSError:
+    its background threads log the error several times, each with a traceback. The first such
+    report, logged as the save fails, also silences the echoes of the save's abandoned tasks."""
+    full = _full_disk_errno(record.exc_info[1] if record.exc_info else None) is not None or any(
+        os.strerror(code) in record.getMessage() for code in FULL_DISK_ERRNOS
+    )
+    if full:
+        _silence_abandoned_tasks()
+    return not full
+
+
+def _silence_abandoned_tasks() -> None:
+    """Drop the echoes of a failed restore or save, once one has failed; nothing else is filtered.
+
+    When one array of a checkpoint cannot be read or written, Orbax closes its event loop while
+    TensorStore still finishes the checkpoint's other arrays: each of those reports "Event loop is
+    closed" as an unraisable exception, and asyncio logs every failed read task again. They only
+    repeat the one-line report `restore` prints or the error a save raises, and may arrive after
+    it, so they stay filtered for the rest of the process.
     """
-    if getattr(sys.unraisablehook, "drops_abandoned_reads", False):
+    if getattr(sys.unraisablehook, "drops_abandoned_tasks", False):
         return
     previous = sys.unraisablehook
 
@@ -205,7 +279,7 @@ def _silence_abandoned_reads() -> None:
         if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
             previous(unraisable)
 
-    hook.drops_abandoned_reads = True  # type: ignore[attr-defined]
+    hook.drops_abandoned_tasks = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(
         lambda record: not (record.getMessage().startswith("Task exception was never retrieved")
@@ -220,24 +294,58 @@ def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def has_checkpoints(workdir: str) -> bool:
     """Whether `workdir` holds a complete checkpoint (a step folder; Orbax renames it into place last)."""
+    return bool(_steps_on_disk(workdir))
+
+
+def _steps_on_disk(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in `workdir`, sorted."""
     directory = to_path(workdir) / CHECKPOINT_DIR
-    return directory.is_dir() and any(path.name.isdigit() for path in directory.iterdir())
+    return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit()) if directory.is_dir() else []
 
 
 def run_record(config: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
-    """What `config.json` records of a run: the flat config and the data's class count."""
+    """What a run records of itself, in each checkpoint and in `config.json`: the flat config
+    and the data's class count."""
     return {**flatten_config(config), NUM_CLASSES: num_classes}
+
+
+def saved_record(workdir: str) -> dict[str, Any] | None:
+    """The run record of the latest checkpoint in `workdir`, the one a resume restores; None
+    when the workdir holds no checkpoint.
+
+    Checkpoints written before they carried their record fall back to the workdir's config.json;
+    with neither, a ValueError says what to do. The latest step is process 0's (a collective with
+    several processes); every process then reads that step's record.
+    """
+    steps = hosts.from_process_zero(_steps_on_disk(workdir))
+    if not steps:
+        return None
+    directory = to_path(workdir) / CHECKPOINT_DIR
+    try:
+        with _without_log_lines("Metadata file does not exist"):  # a step of older code, or damaged
+            record = ocp.metadata.get_step_metadata(directory / str(steps[-1])).custom_metadata
+    except (OSError, ValueError):  # no step metadata, or unreadable: the config.json fallback
+        record = None
+    if record:
+        return dict(record)
+    config_path = to_path(workdir) / CONFIG_FILE
+    if config_path.exists():
+        return json.loads(config_path.read_text())
+    raise ValueError(
+        f"the checkpoints in {directory} record no config (written before checkpoints carried it) and "
+        f"{config_path} is missing: put back the config.json of the run that wrote them, or use a new --workdir"
+    )
 
 
 def check_resumable(workdir: str, record: Mapping[str, Any]) -> None:
     """Refuse a run (`run_record`) that the workdir's checkpoints cannot serve.
 
-    Raises ValueError naming every differing field outside RESUMABLE_FIELDS; reads only.
+    Compares with `saved_record`, the record of the checkpoint a resume restores. Raises
+    ValueError naming every differing field outside RESUMABLE_FIELDS; reads only.
     """
-    path = to_path(workdir) / CONFIG_FILE
-    if not (path.exists() and has_checkpoints(workdir)):
+    saved = saved_record(workdir)
+    if saved is None:
         return
-    saved = json.loads(path.read_text())
     differing = [
         f"{name}: checkpoint has {saved.get(name)!r}, config has {record.get(name)!r}"
         for name in sorted(set(saved) | set(record))
@@ -254,7 +362,8 @@ def check_resumable(workdir: str, record: Mapping[str, Any]) -> None:
 
 
 def save_record(workdir: str, record: Mapping[str, Any]) -> None:
-    """Write `record` as the workdir's config.json (process 0 only), replacing it atomically."""
+    """Write `record` as the workdir's config.json, its human-readable copy (process 0 only),
+    replacing it atomically."""
     if jax.process_index() != 0:
         return
     path = to_path(workdir) / CONFIG_FILE
