@@ -2,18 +2,25 @@
 
 On several hosts (a Cloud TPU pod slice, several GPU machines) add --distributed on every host.
 A mistake in the command or the config ends the command with one line on stderr and exit status 2;
-in a multi-host run it ends every process, each naming the process that failed.
+in a multi-host run it ends every process, each naming the process that failed. Ctrl-C ends it with
+one line and exit status 130; the same command resumes from the last checkpoint.
 """
 
+import importlib.machinery
+import importlib.util
+import inspect
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Any, NoReturn
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the exported model.", required=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and the exported model.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, where it cannot be detected.")
 flags.DEFINE_integer("num_processes", None, "Number of processes, where it cannot be detected.")
@@ -22,17 +29,96 @@ flags.DEFINE_list(
     "local_device_ids", None,
     "Device ids this process drives, e.g. its local rank when each process has one GPU; default: all of the host's.",
 )
-config_flags.DEFINE_config_file("config", None, "A configs/*.py file (with an optional :argument).", lock_config=True)
+# ml_collections' flag, for its --config.FIELD=value overrides; the file is read by ConfigFileParser.
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file (with an optional :argument).")
 FLAGS = flags.FLAGS
 
 
-def fail(message: str) -> NoReturn:
-    """End the command with `message` as its one line on stderr; in a multi-host run, end all
-    processes (see `end_every_process`)."""
+class ConfigFileError(flags.Error):
+    """A --config file that does not load, in one line naming the file, the line and the reason."""
+
+
+class ConfigFileParser(flags.ArgumentParser):
+    """--config=FILE[:ARGUMENT] read as ml_collections reads it (FILE's get_config(ARGUMENT), locked),
+    with every way the file can fail to load raised as a ConfigFileError; ml_collections' own
+    parser lets most of them out as tracebacks or defers them to the first use of the config."""
+
+    def parse(self, argument: str) -> ml_collections.ConfigDict:
+        path, *arguments = argument.split(":", 1)
+        config = load_config(path, arguments)
+        config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return "config file"
+
+
+FLAGS["config"].parser = ConfigFileParser()
+
+
+def load_config(path: str, arguments: list[str]) -> ml_collections.ConfigDict:
+    """`get_config(*arguments)` of the Python file at `path`; a ConfigFileError when that fails."""
+    if not path:
+        raise ConfigFileError("--config is empty; pass a recipe file, e.g. --config=configs/digits.py")
+    try:
+        module = import_file(path)
+    except Exception as error:
+        raise ConfigFileError(cannot_load(path, error)) from error
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ConfigFileError(f"--config file {path!r} has no get_config(); define one returning the ConfigDict")
+    try:
+        inspect.signature(get_config).bind(*arguments)
+    except TypeError:
+        signature = inspect.signature(get_config).replace(return_annotation=inspect.Signature.empty)
+        problem = f"cannot take the argument {arguments[0]!r}; drop ':{arguments[0]}'" if arguments else (
+            f"needs an argument; pass one as --config={path}:ARGUMENT")
+        raise ConfigFileError(f"--config file {path!r}: get_config{signature} {problem}") from None
+    try:
+        config = get_config(*arguments)
+    except Exception as error:
+        raise ConfigFileError(cannot_load(path, error)) from error
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigFileError(
+            f"--config file {path!r}: get_config() returned {type(config).__name__}, not a ConfigDict; return the config"
+        )
+    return config
+
+
+def import_file(path: str) -> Any:
+    """The Python file at `path` run as a module (registered as ml_collections registers it)."""
+    name = "config_config"
+    spec = importlib.util.spec_from_file_location(name, path, loader=importlib.machinery.SourceFileLoader(name, path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def cannot_load(path: str, error: Exception) -> str:
+    """One line: the --config file, the error, and the deepest line of the file (or a file beside
+    it, such as configs/default.py) that raised it; a SyntaxError names its own line."""
+    first = (str(error).splitlines() or [""])[0]
+    reason = f"{type(error).__name__}: {first}" if first else type(error).__name__
+    folder = os.path.dirname(os.path.abspath(path))
+    lines = [frame for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.dirname(os.path.abspath(frame.filename)) == folder]
+    if lines and not isinstance(error, SyntaxError):
+        reason += f" ({os.path.join(os.path.dirname(path), os.path.basename(lines[-1].filename))}, line {lines[-1].lineno})"
+    if isinstance(error, FileNotFoundError):
+        reason += "; pass an existing configs/*.py file"
+    elif isinstance(error, IsADirectoryError):
+        reason += "; pass a Python file, e.g. configs/default.py"
+    return f"--config file {path!r} cannot be loaded: {reason}"
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    """End the command with `message` as its one line on stderr and exit `status`; in a multi-host
+    run, end all processes (see `end_every_process`)."""
     print(f"train.py: error: {message}", file=sys.stderr, flush=True)
     if FLAGS.is_parsed() and FLAGS.distributed:
-        end_every_process(message, 2)
-    sys.exit(2)
+        end_every_process(message, status)
+    sys.exit(status)
 
 
 def end_every_process(report: str, status: int) -> NoReturn:
@@ -80,20 +166,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with every mistake in the flags or the config file as one line."""
     try:
         remaining = FLAGS(argv)
-        FLAGS.config.keys()  # raises if the config file did not load
     except AttributeError as error:  # ml_collections: an override of a field the config lacks
         field = str(error).strip("\"'")
         given = [arg for arg in argv if arg.startswith("--config.") and field in arg.split("=")[0].split(".")]
         fail(f"unknown config field {field!r} in {' '.join(given) or 'a --config.FIELD flag'}; "
              "check its spelling against the fields of the --config file")
-    except (flags.Error, OSError) as error:
-        if "config file" not in str(error):
-            fail(str(error).splitlines()[0])
-        # ml_collections: the config file cannot be loaded; its last line says why
-        path = next((arg.split("=", 1)[1] for arg in reversed(argv) if arg.startswith("--config=")), "").split(":")[0]
-        reason = str(error).splitlines()[-1].strip()
-        advice = "; pass an existing configs/*.py file" if "No such file" in reason else ""
-        fail(f"--config file {path!r} cannot be loaded: {reason}{advice}")
+    except flags.Error as error:  # a ConfigFileError's message is one line already
+        fail(str(error).splitlines()[0])
+    if FLAGS.config is None:
+        fail("--config is missing; pass a recipe file, e.g. --config=configs/digits.py")
+    if not FLAGS.workdir or not FLAGS.workdir.strip():
+        fail("--workdir is missing or empty; pass a directory for the run, e.g. --workdir=/tmp/mobilenet")
+    if len(remaining) > 1:
+        fail(f"unexpected arguments {remaining[1:]}; every setting is a flag: --name=value or --config.FIELD=value")
     return remaining
 
 
@@ -112,8 +197,28 @@ def final_line(result: dict[str, Any], workdir: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # parse_flags refuses anything but flags
+    sys.unraisablehook = keep_interrupts
+    try:
+        train()
+    except KeyboardInterrupt:
+        fail(f"interrupted; rerun the same command to resume from the last checkpoint in {FLAGS.workdir}", 130)
+
+
+def keep_interrupts(unraisable: Any) -> None:
+    """A sys.unraisablehook that sends SIGINT again, a moment later, when Ctrl-C's KeyboardInterrupt
+    was raised where Python drops exceptions, such as the garbage-collection callback JAX installs
+    (the run would go on); other exceptions are reported as usual."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        # A signal to the process, not _thread.interrupt_main: it also wakes a main thread that waits.
+        threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGINT)).start()
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+def train() -> None:
+    """Train (or evaluate) as the flags say and print the final line; a failure whose message names
+    its fix ends the command with that one line."""
     logging.set_verbosity(logging.WARNING)  # Orbax reports every save at INFO
     import jax  # after flag parsing, so that --help stays fast
 
@@ -142,5 +247,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config"])
     app.run(main, flags_parser=parse_flags)
