@@ -2,14 +2,17 @@
 
 config -> data -> model -> step -> loop -> checkpoints and metrics. Rerunning the same command
 on the same workdir resumes from the latest checkpoint, with the input at the same position.
+A workdir belongs to one run at a time (`lock`), and a finished run's model is always written
+into its workdir, whatever becomes of `export_path`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +21,10 @@ import numpy as np
 import optax
 
 from mobilenet_jax import data, weights
+from mobilenet_jax.interop.preprocessing import Preprocessing, for_run
+from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
-from mobilenet_jax.training import checkpoint, init, mesh, optim
+from mobilenet_jax.training import checkpoint, init, lock, mesh, optim
 from mobilenet_jax.training.config import Experiment, resolve
 from mobilenet_jax.training.metrics import METRICS_FILE, MetricWriter, read_metrics
 from mobilenet_jax.training.preemption import PreemptionWatch
@@ -32,6 +37,10 @@ UNLOGGED_FILE = "unlogged_steps.json"
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient."""
+
+
+class ExportError(OSError):
+    """A finished run's model could not be written at export_path; the workdir holds it."""
 
 
 def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: data.DataSpec) -> dict[str, float]:
@@ -119,11 +128,13 @@ def _initial_state(
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (or, with `eval_only`, evaluate) the model that `config` describes.
 
-    Resumes from `workdir/checkpoints` when it holds a checkpoint. Returns the last evaluation's
-    metrics and `step`, the step reached; a run that reaches its last step adds `model_path` and
+    Resumes from `workdir/checkpoints` when it holds a checkpoint, if the checkpoint's run record
+    fits the config. The workdir is locked while the run uses it (`lock.held`): a second run on it
+    is refused in one line. Returns the last evaluation's metrics and `step`, the step reached; a
+    run that reaches its last step writes the model (see `ModelFiles`) and adds `model_path` and
     `model_variables` ("ema" or "raw", see `exported_variables`); a run stopped by SIGTERM adds
-    `stopped` and `checkpoint_dir`; rerunning a finished run trains nothing, writes nothing and
-    returns its final evaluation with `finished_before`.
+    `stopped` and `checkpoint_dir`; rerunning a finished run trains nothing, writes its model
+    where a model file is missing, and returns its final evaluation with `finished_before`.
     """
     experiment = resolve(config)
     mesh.check_batch_size(experiment.data.batch_size)
@@ -143,50 +154,123 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     record = checkpoint.run_record(experiment.config.to_dict(), source.info.num_classes)
     checkpoint.check_resumable(workdir, record)
     runner = mesh.make_parallel(loop.parallelism, model, experiment.step)
-    export_path = loop.export_path or str(to_path(workdir) / weights.MODEL_FILE)
+    model_files = ModelFiles(
+        workdir, loop.export_path, model, source.info.class_names,
+        for_run(experiment.data.image_size, experiment.step.normalization, source.augment.eval_crop_padding),
+    )
     evaluate_now = lambda state: evaluate(runner, state, source, experiment.data)
     if loop.eval_only and not checkpoint.has_checkpoints(workdir):
         raise FileNotFoundError(f"eval_only: no checkpoint in {to_path(workdir) / checkpoint.CHECKPOINT_DIR}; train first")
-    checkpoints = checkpoint.Checkpoints(
-        workdir, keep=loop.keep_checkpoints, keep_best=loop.keep_best_checkpoint, read_only=loop.eval_only
-    )
-    try:
-        state = _initial_state(experiment, tx, runner, checkpoints)
-        start = int(state.step.addressable_data(0))
-        if loop.eval_only:
-            result = evaluate_now(runner.from_global(state))
-            _record_evaluation(workdir, start, result)
-            return {**result, "step": start}
-        if start >= total_steps:
-            final = _final_evaluation(workdir, start) or evaluate_now(runner.from_global(state))
-            exported = dict(model_path=export_path) if to_path(export_path).exists() else {}
-            return {**final, "step": start, "finished_before": True, **exported}
-        checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
-        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
+    # eval_only locks too: its metrics row must not land among a training run's, nor its checkpoint
+    # vanish under that run's retention; on a read-only workdir it writes nothing and needs no lock.
+    with lock.held(workdir, needs_writing=not loop.eval_only):
+        checkpoints = checkpoint.Checkpoints(
+            workdir, keep=loop.keep_checkpoints, keep_best=loop.keep_best_checkpoint, read_only=loop.eval_only,
+            record=record,
+        )
         try:
-            batches = data.train_batches(
-                source,
-                experiment.data,
-                seed=loop.seed,
-                process_index=jax.process_index(),
-                process_count=jax.process_count(),
-                start_step=start,
+            state = _initial_state(experiment, tx, runner, checkpoints)
+            start = int(state.step.addressable_data(0))
+            if loop.eval_only:
+                result = evaluate_now(runner.from_global(state))
+                _record_evaluation(workdir, start, result)
+                return {**result, "step": start}
+            if start >= total_steps:
+                final = _final_evaluation(workdir, start) or evaluate_now(runner.from_global(state))
+                if model_files.missing():
+                    variables, _ = exported_variables(runner.fetch(runner.from_global(state)), final)
+                    model_files.write(variables, missing_only=True)
+                return {**final, "step": start, "finished_before": True, "model_path": model_files.paths()[-1]}
+            checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
+            writer = MetricWriter(
+                workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start
             )
-            with DevicePrefetch(batches, runner.put_batch) as device_batches:
-                state, result = _train(experiment, runner, runner.from_global(state), device_batches, start,
-                                       total_steps, schedule, checkpoints, writer, evaluate_now, workdir)
+            try:
+                batches = data.train_batches(
+                    source,
+                    experiment.data,
+                    seed=loop.seed,
+                    process_index=jax.process_index(),
+                    process_count=jax.process_count(),
+                    start_step=start,
+                )
+                with DevicePrefetch(batches, runner.put_batch) as device_batches:
+                    state, result = _train(experiment, runner, runner.from_global(state), device_batches, start,
+                                           total_steps, schedule, checkpoints, writer, evaluate_now, workdir)
+            finally:
+                writer.close()
+            state = runner.fetch(state)
+            step = int(state.step)
+            if step < total_steps:
+                return {**result, "step": step, "stopped": True, "checkpoint_dir": str(checkpoints.directory)}
+            variables, which = exported_variables(state, result)
+            return {**result, "step": step, "model_path": model_files.write(variables), "model_variables": which}
         finally:
-            writer.close()
-        state = runner.fetch(state)
-        step = int(state.step)
-        if step < total_steps:
-            return {**result, "step": step, "stopped": True, "checkpoint_dir": str(checkpoints.directory)}
-        variables, which = exported_variables(state, result)
-        if jax.process_index() == 0:
-            weights.save_model(export_path, model, variables, source.info.class_names)
-        return {**result, "step": step, "model_path": export_path, "model_variables": which}
-    finally:
-        checkpoints.close()
+            checkpoints.close()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFiles:
+    """Where a finished run writes its model: the workdir's model file (weights.MODEL_FILE) first,
+    then export_path when set, so that an export_path that cannot be written loses nothing."""
+
+    workdir: str
+    export_path: str | None
+    model: MobileNetV1
+    class_names: Sequence[str]
+    preprocessing: Preprocessing
+
+    def paths(self) -> list[str]:
+        """The workdir's model file, then export_path when it is set and another file."""
+        own = str(to_path(self.workdir) / weights.MODEL_FILE)
+        if self.export_path and to_path(self.export_path) != to_path(own):
+            return [own, self.export_path]
+        return [own]
+
+    def missing(self) -> bool:
+        """Whether the model file is missing or incomplete at one of `paths`."""
+        return not all(map(_complete_model, self.paths()))
+
+    def write(self, variables: dict[str, Any], *, missing_only: bool = False) -> str:
+        """Write the model with `variables` at `paths` (with `missing_only`, where it is missing or
+        incomplete), on process 0; returns where it is: export_path when set.
+
+        The workdir's file comes first; an OSError there names it. Then an export_path that cannot
+        be written raises an ExportError naming it, the error and the workdir's file.
+        """
+        own, *exports = self.paths()
+        if jax.process_index() != 0:
+            return self.paths()[-1]
+        if not (missing_only and _complete_model(own)):
+            try:
+                self._save(own, variables)
+            except OSError as error:
+                raise OSError(
+                    f"cannot write the model file {own}: {error.strerror or error}; free space there (or fix its "
+                    "permissions), then rerun the same command: it writes the model from the last checkpoint"
+                ) from error
+        for path in exports:
+            if missing_only and _complete_model(path):
+                continue
+            try:
+                self._save(path, variables)
+            except Exception as error:  # epath's backends (local, gs://) raise various types
+                raise ExportError(
+                    f"export_path {path} cannot be written ({type(error).__name__}: {error}); the model is in "
+                    f"{own}: copy it from there, or rerun the same command with a writable "
+                    "--config.export_path, which writes it there"
+                ) from error
+        return self.paths()[-1]
+
+    def _save(self, path: str, variables: dict[str, Any]) -> None:
+        """The model file at `path`, with its fields, class names and preprocessing beside it."""
+        weights.save_model(path, self.model, variables, self.class_names, preprocessing=self.preprocessing)
+
+
+def _complete_model(path: str) -> bool:
+    """Whether a whole model file is at `path`: the preprocessing file, which `weights.save_model`
+    writes last, is there."""
+    return to_path(path + weights.PREPROCESSING_SUFFIX).exists()
 
 
 def _check_workdir(workdir: str) -> None:
