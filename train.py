@@ -79,9 +79,8 @@ def load_config(path: str, arguments: list[str]) -> ml_collections.ConfigDict:
     except Exception as error:
         raise ConfigFileError(cannot_load(path, error)) from error
     if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigFileError(
-            f"--config file {path!r}: get_config() returned {type(config).__name__}, not a ConfigDict; return the config"
-        )
+        returned = type(config).__name__
+        raise ConfigFileError(f"--config file {path!r}: get_config() returned {returned}, not a ConfigDict; return one")
     return config
 
 
@@ -104,7 +103,8 @@ def cannot_load(path: str, error: Exception) -> str:
     lines = [frame for frame in traceback.extract_tb(error.__traceback__)
              if os.path.dirname(os.path.abspath(frame.filename)) == folder]
     if lines and not isinstance(error, SyntaxError):
-        reason += f" ({os.path.join(os.path.dirname(path), os.path.basename(lines[-1].filename))}, line {lines[-1].lineno})"
+        where = os.path.join(os.path.dirname(path), os.path.basename(lines[-1].filename))
+        reason += f" ({where}, line {lines[-1].lineno})"
     if isinstance(error, FileNotFoundError):
         reason += "; pass an existing configs/*.py file"
     elif isinstance(error, IsADirectoryError):

@@ -29,7 +29,7 @@ CONFIG_FILES = {
     "get_config raises": ("def get_config():\n    raise ValueError('no such recipe')\n", "",
                           r"cannot be loaded: ValueError: no such recipe \(.*bad\.py, line 2\)"),
     "not a ConfigDict": ("def get_config():\n    return {'batch_size': 1}\n", "",
-                         r"get_config\(\) returned dict, not a ConfigDict; return the config"),
+                         r"get_config\(\) returned dict, not a ConfigDict; return one"),
     "a directory": (None, "", r"cannot be loaded: IsADirectoryError: .*; pass a Python file"),
     "an argument it does not take": ("def get_config():\n    return None\n", ":badarg",
                                      r"get_config\(\) cannot take the argument 'badarg'; drop ':badarg'"),
