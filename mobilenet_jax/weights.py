@@ -53,7 +53,10 @@ def load_variables(path: str) -> dict[str, Any]:
     try:
         variables = serialization.msgpack_restore(data)
     except Exception as error:  # msgpack raises several unrelated types for damaged input
-        raise ValueError(f"{path} is not a readable Flax msgpack variables file ({error}); re-export it") from error
+        raise ValueError(
+            f"{path} is not a readable Flax msgpack variables file ({error}): cut short or of another format; "
+            "copy it again whole, or write it again"
+        ) from error
     if not isinstance(variables, dict) or "params" not in variables:
         raise ValueError(f"{path} holds no Flax variables (no 'params' collection); is it a model file?")
     return variables
@@ -70,9 +73,11 @@ def save_model(
     """Write the variables to `path`, the model's fields to `path + ".json"` and, when given, the
     class names (one per output) to `path + ".classes.json"` and the preprocessing to
     `path + ".preprocessing.json"`; a class-name or preprocessing file left there by an earlier
-    model is removed, so that none describes another model."""
+    model is removed, so that none describes another model. The preprocessing is removed first
+    and written last: where it is recorded, the files before it are whole."""
     if class_names is not None and len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model of {model.num_classes} classes")
+    _write_beside(path + PREPROCESSING_SUFFIX, None)
     save_variables(path, variables)
     to_path(path + FIELDS_SUFFIX).write_text(json.dumps(model_fields(model), indent=1))
     _write_beside(path + CLASS_NAMES_SUFFIX, None if class_names is None else list(class_names))
@@ -111,8 +116,25 @@ def load_preprocessing(path: str) -> Preprocessing | None:
 
 
 def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:
-    """The model and variables that `save_model` (or a finished training run) wrote at `path`."""
-    fields_path = to_path(path + FIELDS_SUFFIX)
+    """The model and variables that `save_model` (or a finished training run) wrote at `path`.
+
+    Raises FileNotFoundError (or IsADirectoryError) naming `path` when it is no file, or when its
+    fields are not beside it, and ValueError naming the file that cannot be read.
+    """
+    model_path, fields_path = to_path(path), to_path(path + FIELDS_SUFFIX)
+    if model_path.is_dir():
+        inside = model_path / MODEL_FILE
+        hint = f"pass {inside}" if inside.exists() else f"pass a model file ({MODEL_FILE} in a finished run's workdir)"
+        raise IsADirectoryError(f"{path} is a directory, not a model file; {hint}")
+    if not model_path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
     if not fields_path.exists():
-        raise FileNotFoundError(f"{fields_path} is missing: a model file needs its fields beside it")
-    return MobileNetV1(**json.loads(fields_path.read_text())), load_variables(path)
+        raise FileNotFoundError(
+            f"{path} has no fields beside it ({fields_path} is missing): a model file is written with them by "
+            "weights.save_model; copy the .json with the file, or write the model again"
+        )
+    try:
+        model = MobileNetV1(**json.loads(fields_path.read_text()))
+    except (ValueError, TypeError) as error:  # not JSON, not an object, or fields MobileNetV1 does not take
+        raise ValueError(f"{fields_path} holds no model fields ({error}); write the model again") from error
+    return model, load_variables(path)

@@ -2,7 +2,8 @@
 
 `load_weights` accepts every weights reference `pretrained.resolve_weights` does: a registered
 name, a TF-Slim, Keras or timm file, a model file written by `weights.save_model`, or a run's
-workdir (its `mobilenet_v1.msgpack` and `config.json`), each local or gs://.
+workdir (its `mobilenet_v1.msgpack`), each local or gs://. The input size and normalisation are
+the ones the weights record (`pretrained.load_pretrained`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-from mobilenet_jax.interop.preprocessing import normalization_of
-from mobilenet_jax.interop.pretrained import resolve_weights
-from mobilenet_jax.model import MIN_INPUT_SIZE, MobileNetV1
-
-DEFAULT_IMAGE_SIZE = 224
-DEFAULT_NORMALIZATION = "imagenet"
+from mobilenet_jax.data.spec import check_normalization
+from mobilenet_jax.interop.preprocessing import check_size, normalization_of
+from mobilenet_jax.interop.pretrained import load_pretrained
+from mobilenet_jax.model import MobileNetV1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,12 +23,12 @@ class Deployable:
 
     model: MobileNetV1
     variables: Mapping[str, Any]
-    image_size: int = DEFAULT_IMAGE_SIZE
-    normalization: str = DEFAULT_NORMALIZATION
+    image_size: int = 224
+    normalization: str = "imagenet"
 
     def __post_init__(self) -> None:
-        if self.image_size < MIN_INPUT_SIZE:
-            raise ValueError(f"image_size must be >= {MIN_INPUT_SIZE}, got {self.image_size}")
+        check_size(self.image_size, "image_size")
+        check_normalization(self.normalization)
 
 
 def load_weights(
@@ -37,16 +36,13 @@ def load_weights(
 ) -> Deployable:
     """The model behind `weights_ref`: any weights reference (`pretrained.resolve_weights`).
 
-    The preprocessing the weights record (a run's `config.json`, a registry entry's, a
-    `save_pretrained` sidecar) supplies the image size and normalisation; `image_size` and
-    `normalization` override them (a bare model file records neither: 224 and "imagenet", the
-    project's defaults, unless given).
+    The preprocessing the weights record (beside a model file, a registry entry's, a run's
+    `config.json` for model files written before they recorded it) supplies the image size and
+    normalisation; `image_size` and `normalization` replace them. A model file that records
+    none needs both: else `pretrained.NoPreprocessingError`.
     """
-    model, variables, preprocessing = resolve_weights(weights_ref)
-    if preprocessing is not None:
-        image_size = image_size or preprocessing.size
-        normalization = normalization or normalization_of(preprocessing)
-    return Deployable(model, variables, image_size or DEFAULT_IMAGE_SIZE, normalization or DEFAULT_NORMALIZATION)
+    model, variables, recipe = load_pretrained(weights_ref, image_size=image_size, normalization=normalization)
+    return Deployable(model, variables, recipe.size, normalization or normalization_of(recipe))
 
 
 def check_kind(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import ssl
 import tempfile
 import urllib.error
 import urllib.request
@@ -25,6 +26,12 @@ from mobilenet_jax.paths import to_path
 
 CACHE_ENV = "MOBILENET_JAX_CACHE"
 _CHUNK = 1 << 20
+# Seconds a connection may stay silent (connecting, awaiting the answer, between chunks) before
+# a download gives up: a network that drops packets is named within this time.
+TIMEOUT = 15.0
+# What the network raises where a transfer fails: refused, reset, timed out, no name, TLS, a
+# connection closed before the server answered (http.client's, which urllib does not wrap).
+_NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ssl.SSLError)
 
 
 class ChecksumError(ValueError):
@@ -56,12 +63,17 @@ def check_sha256(path: str | os.PathLike, expected: str | None) -> str:
 def _download_to_temporary(url: str, destination: Path, timeout: float) -> tuple[Path, str]:
     """Stream `url` into a temporary file beside `destination`: (its path, its sha256).
 
-    A transfer that ends before Content-Length bytes raises OSError naming the URL and the
-    byte counts, and leaves no file behind.
+    A transfer that fails, stays silent for `timeout` seconds or ends before Content-Length
+    bytes raises one OSError naming the URL, why, and how to do without the network (the file
+    passed in place of the name, or put at `destination`); it leaves no file behind.
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".", suffix=".part")
     temporary, digest, received = Path(name), hashlib.sha256(), 0
+    offline = (
+        "without internet, download it elsewhere and pass the file instead of the name (--weights PATH; "
+        f"file= in Python), or put it at {destination} (the cache folder is ${CACHE_ENV})"
+    )
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             expected = response.headers.get("Content-Length")
@@ -74,21 +86,31 @@ def _download_to_temporary(url: str, destination: Path, timeout: float) -> tuple
                 received += len(error.partial)
                 expected = expected or received + (error.expected or 0)
         if expected is not None and received != int(expected):
-            raise OSError(f"download of {url} was cut off: {received} of {expected} bytes; call again to retry")
+            raise OSError(
+                f"download of {url} was cut off: {received} of {expected} bytes; call again to retry, or {offline}"
+            )
         return temporary, digest.hexdigest()
     except urllib.error.HTTPError as error:  # the server answered: the file is not (or no longer) there
         temporary.unlink(missing_ok=True)
         raise OSError(f"HTTP {error.code} {error.reason} for {url}; pass a copy of the file you have") from error
-    except urllib.error.URLError as error:
+    except _NETWORK_ERRORS as error:
         temporary.unlink(missing_ok=True)
-        raise OSError(f"cannot download {url} ({error.reason}); without internet, pass the file you have") from error
+        raise OSError(f"cannot download {url} ({_reason(error, timeout)}); {offline}") from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
 
 
+def _reason(error: Exception, timeout: float) -> str:
+    """Why a transfer failed, in a few words."""
+    reason = getattr(error, "reason", None) or error  # URLError wraps the socket's error
+    if isinstance(reason, TimeoutError):
+        return f"no answer for {timeout:g} s"
+    return str(reason) or type(reason).__name__
+
+
 def fetch(url: str, filename: str, sha256: str | None, cache: str | os.PathLike | None = None,
-          timeout: float = 60.0) -> Path:
+          timeout: float = TIMEOUT) -> Path:
     """The cached copy of `url` (as `filename` in the cache), downloaded on first use.
 
     `sha256` pins the content; when None the first download's digest is recorded and later

@@ -67,11 +67,12 @@ def _structural_groups() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def read_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Weights of a Keras MobileNet .h5 / .weights.h5 file as {"layer/weight": array}."""
-    import h5py  # only file reading needs h5py
+    """Weights of a Keras MobileNet .h5 / .weights.h5 file as {"layer/weight": array}.
 
+    Raises ValueError naming a file that is not HDF5 or holds no Keras weights.
+    """
     table = {}
-    with h5py.File(path, "r") as f:
+    with _open_h5(path) as f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
             for layer in root.attrs["layer_names"]:
@@ -91,6 +92,23 @@ def read_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 f".weights.h5 file (no 'layers' group)"
             )
     return table
+
+
+def _open_h5(path: str | os.PathLike) -> Any:
+    """The HDF5 file at `path` (an h5py.File), open for reading; FileNotFoundError or ValueError
+    naming it, ImportError naming h5py where it is missing."""
+    try:
+        import h5py  # only file reading needs h5py
+    except ImportError as error:
+        raise ImportError(f"reading {path} needs h5py: pip install h5py") from error
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Keras weights file {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:  # h5py's message ("file signature not found") names no file
+        raise ValueError(
+            f"{path} is not an HDF5 file h5py can read ({error}); pass a Keras .h5 weights file"
+        ) from error
 
 
 def read_model(model: Any) -> dict[str, np.ndarray]:

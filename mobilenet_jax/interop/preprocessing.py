@@ -17,10 +17,24 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
-from mobilenet_jax.data.spec import NORMALIZATIONS, check_normalization
+from mobilenet_jax.data.spec import MAX_IMAGE_SIZE, NORMALIZATIONS, check_normalization
+from mobilenet_jax.model import MIN_INPUT_SIZE
 
 RESIZE_MODES = ("crop_then_resize", "resize_then_crop", "square_crop_then_resize")
 INTERPOLATIONS = ("bilinear", "bicubic")
+# The data pipeline's evaluation crop padding for every dataset but the digits, which crop none
+# (data.preprocess.EVAL_CROP_PADDING, in a module that needs TensorFlow).
+EVAL_CROP_PADDING = 32
+
+
+def check_size(size: int, name: str = "size") -> int:
+    """`size` if a model input can be `size` x `size` pixels, else a ValueError naming `name`."""
+    if not MIN_INPUT_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(
+            f"{name} must be between {MIN_INPUT_SIZE} (MobileNet downsamples 32x) and {MAX_IMAGE_SIZE}, got {size}; "
+            "pass a size in that range"
+        )
+    return size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +62,7 @@ class Preprocessing:
             raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
         if not 0 < self.crop_fraction <= 1:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        check_size(self.size)
 
     def __call__(self, image: Any) -> np.ndarray:
         """A (size, size, 3) float32 model input from a PIL image or an (H, W, 3) uint8 array."""
@@ -101,17 +116,39 @@ def _unit_scale(values: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(v / 255 for v in values)
 
 
+def _mean_std(normalization: str) -> dict[str, tuple[float, ...]]:
+    """The `mean` and `std` fields of the data pipeline's `normalization` (a key of NORMALIZATIONS)."""
+    mean, std = (_unit_scale(values) for values in NORMALIZATIONS[check_normalization(normalization)])
+    return dict(mean=mean, std=std)
+
+
 def for_run(image_size: int, normalization: str, crop_padding: int) -> Preprocessing:
     """The evaluation preprocessing of a training run, as the data pipeline's `preprocess_for_eval`:
     the central square of image_size / (image_size + crop_padding) of the shorter side, resized
     bilinearly to `image_size`, normalised as `normalization` (a key of NORMALIZATIONS)."""
     if crop_padding < 0:
         raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
-    mean, std = (_unit_scale(values) for values in NORMALIZATIONS[check_normalization(normalization)])
     return Preprocessing(
         size=image_size, crop_fraction=image_size / (image_size + crop_padding), interpolation="bilinear",
-        mean=mean, std=std, resize="square_crop_then_resize",
+        resize="square_crop_then_resize", **_mean_std(normalization),
     )
+
+
+def with_overrides(
+    recipe: Preprocessing | None, image_size: int | None = None, normalization: str | None = None
+) -> Preprocessing | None:
+    """`recipe` with `image_size` and the mean and std of `normalization` in place of its own,
+    where given. Without a recipe: the data pipeline's evaluation at `image_size` and
+    `normalization` (`for_run` with EVAL_CROP_PADDING) when both are given, else None."""
+    if recipe is None:
+        if image_size is None or normalization is None:
+            return None
+        return for_run(image_size, normalization, EVAL_CROP_PADDING)
+    if image_size is not None:
+        recipe = dataclasses.replace(recipe, size=image_size)
+    if normalization is not None:
+        recipe = dataclasses.replace(recipe, **_mean_std(normalization))
+    return recipe
 
 
 def normalization_of(preprocessing: Preprocessing) -> str:

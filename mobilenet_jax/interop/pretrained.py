@@ -19,12 +19,14 @@ pinned from their publishers' build files (tensorflow `workspace2.bzl`, open_mod
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 from etils import epath
 
@@ -32,7 +34,9 @@ from mobilenet_jax import weights
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop import download, keras, tf_slim, timm
 from mobilenet_jax.interop.layout import Converted
-from mobilenet_jax.interop.preprocessing import TF_SLIM, TIMM, Preprocessing, for_run
+from mobilenet_jax.interop.preprocessing import (
+    EVAL_CROP_PADDING, TF_SLIM, TIMM, Preprocessing, for_run, with_overrides,
+)
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
 
@@ -43,9 +47,6 @@ CONVERTERS: dict[str, Callable[[Any], Converted]] = {
 SOURCE_FIELDS: dict[str, dict[str, Any]] = {"tf_slim": tf_slim.FIELDS, "keras": keras.FIELDS, "timm": timm.FIELDS}
 # The evaluation preprocessing of each source's weights where no registry entry names a size.
 SOURCE_PREPROCESSING: dict[str, Preprocessing] = {"tf_slim": TF_SLIM, "keras": TF_SLIM, "timm": TIMM}
-# The data pipeline's eval crop padding by dataset (data.sources' Augment), for runs whose model
-# file predates recording its preprocessing: digits evaluate on the whole image.
-_RUN_CROP_PADDING: dict[str | None, int] = {"digits": 0, None: 32}
 _ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 _FILE_SOURCES = (  # (name endings, converter) of single weights files
     ((*_ARCHIVE_SUFFIXES, ".index", tf_slim.FROZEN_GRAPH_SUFFIX), "tf_slim"),
@@ -274,7 +275,7 @@ def _run_preprocessing(config: dict[str, Any]) -> Preprocessing | None:
     files written before they recorded their own; None if it records no normalisation."""
     if config.get("normalization") not in NORMALIZATIONS:
         return None
-    crop_padding = _RUN_CROP_PADDING.get(config.get("dataset"), _RUN_CROP_PADDING[None])
+    crop_padding = 0 if config.get("dataset") == "digits" else EVAL_CROP_PADDING  # digits evaluate whole images
     return for_run(config.get("image_size", TF_SLIM.size), config["normalization"], crop_padding)
 
 
@@ -285,7 +286,13 @@ def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
     if recorded is not None:
         return recorded
     run_config = path.parent / weights.CONFIG_FILE
-    return _run_preprocessing(json.loads(run_config.read_text())) if run_config.exists() else None
+    if not run_config.exists():
+        return None
+    try:
+        return _run_preprocessing(json.loads(run_config.read_text()))
+    except ValueError as error:  # not JSON, or an image size or normalisation out of range
+        raise ValueError(f"{run_config} gives no preprocessing for {path.name} ({error}); restore the run's "
+                         f"{weights.CONFIG_FILE}") from error
 
 
 def _load_model_file(path: epath.Path) -> Pretrained:
@@ -298,8 +305,8 @@ def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None
     """(model, variables, preprocessing) of any weights reference (see the module docstring).
 
     `file` stands in for a registered name's download (the published file, or its contents).
-    preprocessing is None for a model file that records none (no `save_pretrained` sidecar, not
-    in a run's workdir). A reference that names nothing raises one line listing what is accepted.
+    preprocessing is None for a model file that records none (nothing beside it, no run
+    config.json beside it). A reference that names nothing raises one line listing what is accepted.
     """
     key = os.fspath(reference)
     if key in REGISTRY:
@@ -311,8 +318,8 @@ def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None
         return _load_model_file(path / weights.MODEL_FILE)
     if path.is_dir() and (path / weights.CONFIG_FILE).exists():
         raise FileNotFoundError(
-            f"{key} is a workdir without {weights.MODEL_FILE}: the run has not finished; let that run finish "
-            f"(rerun its train.py command with --workdir={key}), or pass a model file"
+            f"{key} is a workdir without {weights.MODEL_FILE}: rerun its train.py command with --workdir={key}, "
+            "which writes it when the run has finished (and trains on when it has not)"
         )
     source = source_of(key)
     return _load_model_file(path) if source == "model" else _convert(key, source)
@@ -330,27 +337,72 @@ def recorded_class_names(reference: str | os.PathLike) -> tuple[str, ...] | None
     return weights.load_class_names(os.fspath(path)) if path.name.endswith(".msgpack") else None
 
 
+class NoPreprocessingError(FileNotFoundError):
+    """A model file records no preprocessing (no `.preprocessing.json` beside it, no run
+    `config.json`) and none was given. Its message names the Python arguments that give one;
+    `on_command_line()` says the same with the commands' flags."""
+
+    def __init__(self, reference: str, fix: str = "pass preprocessing=, or image_size= and normalization=") -> None:
+        self.reference = reference
+        super().__init__(
+            f"{reference} records no preprocessing (no {weights.PREPROCESSING_SUFFIX} beside it, no run "
+            f"{weights.CONFIG_FILE}): {fix}"
+        )
+
+    def on_command_line(self) -> NoPreprocessingError:
+        """The same error, its fix in the flags of the commands (classify, export)."""
+        flags = f"--image-size N --normalization {'|'.join(NORMALIZATIONS)}"
+        return NoPreprocessingError(self.reference, f"pass its input size and normalisation, {flags}")
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike,
     *,
     file: str | os.PathLike | None = None,
     preprocessing: Preprocessing | None = None,
+    image_size: int | None = None,
+    normalization: str | None = None,
 ) -> Pretrained:
     """(model, variables, preprocessing) for any weights reference (`resolve_weights`).
 
     A registry name downloads (once) and converts the published file, or converts `file` when
     given. A published file name selects its registry entry; other files get their family's
-    preprocessing at 224 (TF-Slim / Keras or timm). `preprocessing` overrides; a model file that
-    records none needs it.
+    preprocessing at 224 (TF-Slim / Keras or timm); a model file, the one it records.
+    `preprocessing` replaces it; `image_size` and `normalization` (a key of
+    `data.spec.NORMALIZATIONS`) replace its size and mean and std. A model file that records
+    none needs `preprocessing`, or both of the others (the data pipeline's evaluation at that
+    size): else NoPreprocessingError.
     """
     loaded = resolve_weights(name_or_path, file)
-    recipe = preprocessing or loaded.preprocessing
+    recipe = with_overrides(preprocessing or loaded.preprocessing, image_size, normalization)
     if recipe is None:
-        raise FileNotFoundError(
-            f"{os.fspath(name_or_path)} records no preprocessing (no {weights.PREPROCESSING_SUFFIX} beside it, no run "
-            f"{weights.CONFIG_FILE}): pass preprocessing= or save the model with save_pretrained"
-        )
+        raise NoPreprocessingError(os.fspath(name_or_path))
     return loaded._replace(preprocessing=recipe)
+
+
+# What the commands catch and print as one line: their users' mistakes, named by the code that
+# meets them (a KeyError names a missing weight; an ImportError a missing optional package).
+COMMAND_ERRORS = (ValueError, OSError, KeyError, ImportError)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The commands' flags: a flag that does not parse ends the command in one line on stderr,
+    exit status 2 (argparse's own status), without the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `message` as one line pointing to --help, and exit with status 2."""
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
+def exit_for_command(prog: str, error: Exception) -> NoReturn:
+    """End the command `prog` after a mistake in its use: `error` as one line on stderr (a
+    KeyError's text without the quotes its str() adds, a missing preprocessing with the commands'
+    flags), exit status 2."""
+    if isinstance(error, NoPreprocessingError):
+        error = error.on_command_line()
+    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    print(f"{prog}: error: {' '.join(str(text).split())}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def save_pretrained(path: str | os.PathLike, pretrained: Pretrained) -> None:

@@ -6,7 +6,8 @@ conv, no skip) in five stages of 1, 2, 2, 6, 2 blocks: keys `conv_stem`, `bn1`,
 symmetric padding 1, BatchNorm epsilon 1e-5 and widths `make_divisible(c * multiplier, 8)`,
 which equal this model's int(c * alpha) for multipliers 0.25, 0.5, 0.75, 1.0 and 1.25.
 `mobilenetv1_100h` adds a 1x1 head convolution (`conv_head`, `bn2`) before pooling, which
-MobileNetV1 does not have: it is refused by name.
+MobileNetV1 does not have: it is refused by name. A state dict with keys of any other layout
+(another timm model, e.g. `mobilenetv2_050`) is refused as not a timm MobileNet v1.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ STAGE_BLOCKS = (1, 2, 2, 6, 2)
 HEAD = ("classifier.weight", "classifier.bias")
 _BN = ("weight", "bias", "running_mean", "running_var")
 _IGNORED_SUFFIX = ".num_batches_tracked"
+HEAD_CONV = ("conv_head.weight", *(f"bn2.{v}" for v in _BN))  # mobilenetv1_100h's, before pooling
+_SHOWN_KEYS = 3  # of the unexpected keys an error names
 
 
 def block_prefixes() -> list[str]:
@@ -40,14 +43,39 @@ def layer_names() -> list[ConvBN]:
 
 
 def read_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A state dict from a .safetensors file (read without torch) or a torch .pth / .pt / .bin."""
+    """A state dict from a .safetensors file (read without torch) or a torch .pth / .pt / .bin.
+
+    Raises ValueError naming the file when it is not of its format, ImportError naming torch
+    when a torch file needs it.
+    """
     if Path(path).suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return load_file(str(path))
-    import torch  # only torch pickles need torch
+        try:
+            return load_file(str(path))
+        except SafetensorError as error:
+            raise ValueError(
+                f"{path} is not a readable .safetensors file ({_why(error)}); pass timm's model.safetensors"
+            ) from error
+    try:
+        import torch  # only torch pickles need torch
+    except ImportError as error:
+        raise ImportError(f"reading {path} needs PyTorch: pip install torch, or pass the .safetensors file") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for other bytes
+        raise ValueError(
+            f"{path} is not a readable PyTorch state dict ({_why(error)}); pass timm's weights file"
+        ) from error
 
-    return torch.load(path, map_location="cpu", weights_only=True)
+
+def _why(error: Exception) -> str:
+    """`error`'s type and the first line of its message."""
+    first = next(iter(str(error).splitlines()), "")
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -73,21 +101,25 @@ def from_timm(source: str | os.PathLike | Mapping[str, Any]) -> Converted:
 
     `source` is a state dict (torch tensors or arrays) or a .safetensors / .pth path. Alpha and
     the class count (0 after `reset_classifier(0)`) are inferred. Raises ValueError for
-    `mobilenetv1_100h`'s head convolution, KeyError for a missing or unexpected key.
+    `mobilenetv1_100h`'s head convolution or keys of another model, KeyError for a missing key.
     """
     state = read_file(source) if isinstance(source, (str, os.PathLike)) else source
     where = "the state dict" if isinstance(source, Mapping) else str(source)
-    if "conv_head.weight" in state:
-        raise ValueError(
-            f"{where} has a 1x1 head convolution ('conv_head', 'bn2') before pooling, as timm's "
-            f"mobilenetv1_100h does; MobileNetV1 has none. Use mobilenetv1_100 or mobilenetv1_125 weights"
-        )
     layers = layer_names()
     head = HEAD if HEAD[0] in state else None
     expected = {name for layer in layers for name in layer.names()} | set(head or ())
     extra = sorted(k for k in state if k not in expected and not k.endswith(_IGNORED_SUFFIX))
+    if extra and set(extra) <= set(HEAD_CONV):
+        raise ValueError(
+            f"{where} has a 1x1 head convolution ('conv_head', 'bn2') before pooling, as timm's "
+            f"mobilenetv1_100h does; MobileNetV1 has none. Use mobilenetv1_100 or mobilenetv1_125 weights"
+        )
     if extra:
-        raise KeyError(f"{where} has keys a plain MobileNet v1 does not use: {extra}")
+        shown = ", ".join(repr(k) for k in extra[:_SHOWN_KEYS]) + (", ..." if len(extra) > _SHOWN_KEYS else "")
+        raise ValueError(
+            f"{where} is not a timm MobileNet v1 state dict: {len(extra)} of its keys are no layer of one "
+            f"({shown}); pass timm mobilenetv1_100 or mobilenetv1_125 weights"
+        )
 
     def read(name: str, role: str) -> np.ndarray:
         if name not in state:

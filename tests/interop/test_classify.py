@@ -97,3 +97,64 @@ def test_module_runs_as_a_command(weights_file, image_files):
                            "--top", "3"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 4
+
+
+def one_line_exit(capsys, argv: list[str]) -> str:
+    """The one stderr line of `classify.main(argv)`, which must exit with status 2 and print nothing else."""
+    with pytest.raises(SystemExit) as exit_info:
+        classify.main(argv)
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    return captured.err
+
+
+def test_unreadable_images_are_named_in_one_line_before_any_weights_load(image_files, tmp_path, capsys):
+    (tmp_path / "notes.png").write_text("not an image")
+    (tmp_path / "folder").mkdir()
+    # No weights are read: the reference names nothing, and the images are refused first.
+    argv = [image_files[0], str(tmp_path / "missing.jpg"), str(tmp_path / "notes.png"), str(tmp_path / "folder"),
+            "--weights", str(tmp_path / "nowhere.msgpack")]
+    err = one_line_exit(capsys, argv)
+    assert "3 of 4 images cannot be classified" in err and "nothing was classified" in err
+    for problem in ("missing.jpg does not exist", "notes.png is not an image", "folder is a folder"):
+        assert problem in err
+
+
+def test_a_bad_weights_reference_or_flag_is_one_line(image_files, tmp_path, capsys):
+    assert "'no_such_weights' is neither a registered name" in one_line_exit(
+        capsys, [image_files[0], "--weights", "no_such_weights"])
+    assert "--top must be >= 1, got 0" in one_line_exit(capsys, [image_files[0], "--top", "0"])
+    assert "--image-size must be between 32" in one_line_exit(capsys, [image_files[0], "--image-size", "4096"])
+    assert "invalid choice: 'imagenet2'" in one_line_exit(capsys, [image_files[0], "--normalization", "imagenet2"])
+
+
+@pytest.fixture(scope="module")
+def bare_model_file(weights_file, tmp_path_factory) -> str:
+    """The random timm weights as a model file that records no preprocessing."""
+    from mobilenet_jax import weights
+
+    loaded = pretrained.load_pretrained(weights_file)
+    path = str(tmp_path_factory.mktemp("bare") / "model.msgpack")
+    weights.save_model(path, loaded.model, loaded.variables)
+    return path
+
+
+def test_a_model_file_without_preprocessing_asks_for_the_flags_and_takes_them(bare_model_file, image_files, capsys):
+    err = one_line_exit(capsys, [image_files[0], "--weights", bare_model_file])
+    assert "model.msgpack records no preprocessing" in err
+    assert "--image-size N --normalization imagenet|inception|half" in err and "preprocessing=" not in err
+    assert "--image-size N" in one_line_exit(capsys, [image_files[0], "--weights", bare_model_file, "--image-size", "64"])
+    argv = [image_files[0], "--weights", bare_model_file, "--image-size", "64", "--normalization", "half", "--top", "2"]
+    assert classify.main(argv) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_a_run_workdir_is_classified_at_its_recorded_size(bare_model_file, image_files, tmp_path, capsys):
+    from mobilenet_jax import weights
+    from mobilenet_jax.interop.preprocessing import for_run
+
+    model, variables = weights.load_model(bare_model_file)
+    weights.save_model(str(tmp_path / weights.MODEL_FILE), model, variables, preprocessing=for_run(48, "half", 0))
+    assert classify.main([image_files[0], "--weights", str(tmp_path), "--top", "1"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2

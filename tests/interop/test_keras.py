@@ -135,3 +135,13 @@ def test_published_file_name_selects_its_registry_entry(tmp_path):
     assert loaded.preprocessing == pretrained.REGISTRY["mobilenet_v1_025_128.keras"].preprocessing
     x = images(128)
     assert np.max(np.abs(flax_logits(loaded, x) - np.asarray(model(x, training=False)))) <= TOLERANCE
+
+
+def test_a_file_that_is_not_hdf5_is_named(tmp_path):
+    path = tmp_path / "mobilenet.h5"
+    path.write_text("not HDF5")
+    with pytest.raises(ValueError, match=f"{path} is not an HDF5 file h5py can read \\(.*signature not found.*\\); "
+                                         "pass a Keras .h5 weights file"):
+        keras_interop.from_keras(path)
+    with pytest.raises(FileNotFoundError, match=f"Keras weights file {tmp_path / 'gone.h5'} does not exist"):
+        keras_interop.from_keras(tmp_path / "gone.h5")

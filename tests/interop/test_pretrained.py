@@ -5,7 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import re
+import socket
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -234,10 +237,62 @@ def test_a_missing_file_is_reported_with_its_http_status(server, tmp_path):
     assert cache_files(tmp_path) == []
 
 
+OFFLINE_FIX = r"without internet, download it elsewhere and pass the file instead of the name \(--weights PATH; "
+
+
 def test_unreachable_server_is_named_with_the_offline_fix(tmp_path):
-    with pytest.raises(OSError, match=r"cannot download http://127.0.0.1:9/w.bin .*pass the file you have"):
+    with pytest.raises(OSError, match=rf"cannot download http://127.0.0.1:9/w.bin .*{OFFLINE_FIX}"):
         download.fetch("http://127.0.0.1:9/w.bin", "w.bin", None, cache=tmp_path)
     assert cache_files(tmp_path) == []
+
+
+@pytest.fixture
+def mute_server():
+    """A TCP server on 127.0.0.1 that accepts each connection and then either closes it at once
+    ("/closed" URLs: a proxy or firewall that drops the request) or never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            request = connection.recv(4096)
+            if b"/closed" in request:
+                connection.close()
+            else:
+                held.append(connection)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.mark.parametrize("path, reason", [("/closed/w.bin", "Remote end closed connection without response"),
+                                          ("/silent/w.bin", "no answer for 0.5 s")])
+def test_a_network_that_drops_or_holds_a_download_is_one_line_in_bounded_time(mute_server, tmp_path, path, reason):
+    url = mute_server + path
+    started = time.monotonic()
+    with pytest.raises(OSError) as error:
+        download.fetch(url, "w.bin", None, cache=tmp_path, timeout=0.5)
+    message = str(error.value)
+    assert message.startswith(f"cannot download {url} ({reason}); ") and "\n" not in message
+    assert re.search(OFFLINE_FIX, message)
+    assert f"or put it at {tmp_path / 'w.bin'} (the cache folder is $MOBILENET_JAX_CACHE)" in message
+    assert time.monotonic() - started < 5 and cache_files(tmp_path) == []
+
+
+def test_a_workdir_without_its_model_file_says_how_to_get_it(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=(
+        f"{tmp_path} is a workdir without mobilenet_v1.msgpack: rerun its train.py command with "
+        f"--workdir={tmp_path}, which writes it when the run has finished \\(and trains on when it has not\\)$"
+    )):
+        pretrained.resolve_weights(str(tmp_path))
 
 
 def test_create_model_with_pretrained_gives_the_converted_model(timm_entry, monkeypatch):

@@ -1,4 +1,5 @@
-"""Model files record their preprocessing, and a training run's is the data pipeline's evaluation."""
+"""Model files: what they record beside them (preprocessing, fields) and how a bad one is named; a
+training run's preprocessing is the data pipeline's evaluation."""
 
 from __future__ import annotations
 
@@ -88,3 +89,20 @@ def test_a_run_written_before_model_files_recorded_preprocessing_falls_back_to_i
 def test_preprocessing_json_round_trips():
     recipe = Preprocessing(size=96, crop_fraction=0.9, interpolation="bicubic", resize="resize_then_crop")
     assert Preprocessing.from_json(json.loads(json.dumps(recipe.to_json()))) == recipe
+
+
+def test_load_model_names_a_missing_file_a_folder_and_missing_fields(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"^model file {tmp_path / 'none.msgpack'} does not exist$"):
+        weights.load_model(str(tmp_path / "none.msgpack"))
+    with pytest.raises(IsADirectoryError, match=f"^{tmp_path} is a directory, not a model file; pass a model file"):
+        weights.load_model(str(tmp_path))
+    model, variables = tiny_model()
+    weights.save_model(str(tmp_path / weights.MODEL_FILE), model, variables)
+    with pytest.raises(IsADirectoryError, match=f"is a directory, not a model file; pass {tmp_path / weights.MODEL_FILE}$"):
+        weights.load_model(str(tmp_path))
+    (tmp_path / "lone.msgpack").write_bytes((tmp_path / weights.MODEL_FILE).read_bytes())
+    with pytest.raises(FileNotFoundError, match=r"lone.msgpack has no fields beside it \(.*lone.msgpack.json is missing\)"):
+        weights.load_model(str(tmp_path / "lone.msgpack"))
+    (tmp_path / "lone.msgpack.json").write_text('{"alpha": 0.25, "depth": 3}')
+    with pytest.raises(ValueError, match=r"lone.msgpack.json holds no model fields \(.*depth"):
+        weights.load_model(str(tmp_path / "lone.msgpack"))

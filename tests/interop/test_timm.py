@@ -56,5 +56,44 @@ def test_head_conv_variant_and_other_widths_are_refused_by_name():
     missing = {k: v for k, v in state.items() if k != "blocks.3.2.conv_pw.weight"}
     with pytest.raises(KeyError, match="blocks.3.2.conv_pw.weight"):
         timm.from_timm(missing)
-    with pytest.raises(KeyError, match="does not use: \\['blocks.0.0.se.fc.weight'\\]"):
+    with pytest.raises(ValueError, match="the state dict is not a timm MobileNet v1 state dict: 1 of its keys are no "
+                                         "layer of one \\('blocks.0.0.se.fc.weight'\\)"):
         timm.from_timm({**state, "blocks.0.0.se.fc.weight": torch.zeros(1)})
+
+
+def mobilenet_v2_state(width: int = 8) -> dict[str, "torch.Tensor"]:
+    """A state dict laid out as timm's mobilenetv2_050: a stem, a depthwise-separable block,
+    inverted residual blocks (conv_pw, conv_dw, conv_pwl, bn1-3), a 1x1 head conv and its bn2."""
+
+    def bn(name: str, channels: int) -> dict[str, "torch.Tensor"]:
+        return {f"{name}.{v}": torch.ones(channels) for v in ("weight", "bias", "running_mean", "running_var")}
+
+    state = {"conv_stem.weight": torch.zeros(width, 3, 3, 3), **bn("bn1", width)}
+    state.update({"blocks.0.0.conv_dw.weight": torch.zeros(width, 1, 3, 3), **bn("blocks.0.0.bn1", width),
+                  "blocks.0.0.conv_pw.weight": torch.zeros(width, width, 1, 1), **bn("blocks.0.0.bn2", width)})
+    for stage, blocks in enumerate((2, 3, 4, 3, 3, 1), start=1):
+        for b in range(blocks):
+            prefix = f"blocks.{stage}.{b}"
+            state.update({f"{prefix}.conv_pw.weight": torch.zeros(6 * width, width, 1, 1), **bn(f"{prefix}.bn1", 6 * width),
+                          f"{prefix}.conv_dw.weight": torch.zeros(6 * width, 1, 3, 3), **bn(f"{prefix}.bn2", 6 * width),
+                          f"{prefix}.conv_pwl.weight": torch.zeros(width, 6 * width, 1, 1), **bn(f"{prefix}.bn3", width)})
+    state.update({"conv_head.weight": torch.zeros(1280, width, 1, 1), **bn("bn2", 1280),
+                  "classifier.weight": torch.zeros(1000, 1280), "classifier.bias": torch.zeros(1000)})
+    return state
+
+
+def test_another_timm_model_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "mobilenetv2_050.safetensors"
+    safetensors_torch.save_file(mobilenet_v2_state(), str(path))
+    with pytest.raises(ValueError) as error:
+        timm.from_timm(path)
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a timm MobileNet v1 state dict: ") and "mobilenetv1_100h" not in message
+    assert "pass timm mobilenetv1_100 or mobilenetv1_125 weights" in message
+
+
+def test_a_file_of_another_format_is_named(tmp_path):
+    for name in ("model.safetensors", "model.pth"):
+        (tmp_path / name).write_text("not weights")
+        with pytest.raises(ValueError, match=f"{tmp_path / name} is not a readable"):
+            timm.from_timm(tmp_path / name)
