@@ -5,10 +5,11 @@ weights reference into a model, its variables and its preprocessing. A reference
 registered name (`REGISTRY`: downloaded once into the cache, `download.cache_dir()`, checked
 against its sha256 and converted); a TF-Slim checkpoint prefix, its `.index` file, a folder
 holding one, a published tarball or a frozen `.pb`; a Keras `.h5`; a timm `.safetensors` or
-`.pth`; a model file (`weights.save_model`, optionally with `save_pretrained`'s preprocessing
-beside it); or a finished training run's workdir. Each may be local or `gs://`. A published
-file name (or the published files in a folder) selects its registry entry, and with it the
-preprocessing the weights were evaluated with.
+`.pth`; a model file (`weights.save_model`, with the preprocessing it records beside it); or a
+finished training run's workdir. Each may be local or `gs://`. A published file name (or the
+published files in a folder) selects its registry entry, and with it the preprocessing the
+weights were evaluated with. The commands (classify, export) share their one-line ending of a
+user's mistake here too (`CommandParser`, `exit_for_command`).
 
 Top-1 figures are the publishers' own (TF-Slim `mobilenet_v1.md`, keras.io, timm
 `results-imagenet.csv`), not measured by this project. The sha256 of three TF-Slim archives is
