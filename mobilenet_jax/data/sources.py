@@ -1,9 +1,10 @@
 """Datasets behind one protocol: TFDS by name, a folder of images, and the offline digits.
 
 `open_source(spec)` opens a dataset once (metadata and file lists; an image folder also has each
-image decoded once, to refuse or skip the bad ones before training) and returns a `Source`: its
-`DatasetInfo`, how its images are augmented, and a function that hands each process its part
-of a split. The pipeline (`pipeline.py`) does the rest the same way for all.
+image's header read and the image decoded once, to refuse or skip the ones training cannot use
+before it starts) and returns a `Source`: its `DatasetInfo`, how its images are augmented, and a
+function that hands each process its part of a split. The pipeline (`pipeline.py`) does the rest
+the same way for all. Errors name the settings the user gave (`Settings`).
 """
 
 from __future__ import annotations
@@ -11,15 +12,20 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import io
 import logging
 import os
 import re
+import threading
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 import tqdm
+from etils import epath
+from PIL import Image
 from sklearn import datasets as sklearn_datasets
 from sklearn import model_selection
 from sklearn import utils as sklearn_utils
@@ -30,6 +36,13 @@ from mobilenet_jax.data.spec import HELD_OUT_PERCENT, DatasetInfo, DataSpec
 from mobilenet_jax.paths import to_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+# A side of 1 leaves the eval crop (S / (S + 32) of the shorter side) and every train crop empty.
+# 2 works at any image_size >= 32 (S / (S + 32) >= 1/2), measured for 300 crop seeds at
+# crop_min_area 0.001, 0.08 and 1, PNG and JPEG, 2x2 to 2x1000.
+MIN_IMAGE_SIDE = 2
+# PIL's decompression-bomb bound (its default Image.MAX_IMAGE_PIXELS): 0.25 GiB as 8-bit RGB. A
+# 20000x20000 PNG of 1.2 MB would otherwise be decoded to 1.2 GB, again at every crop.
+MAX_IMAGE_PIXELS = 89_478_485
 CHECK_THREADS = 16  # decoding releases the GIL; reading gs:// is mostly waiting
 CHECK_PROGRESS_MIN = 1000  # images: smaller folders are checked without a progress bar
 # "{{function_node ...}} Invalid PNG data, size 46 [Op:DecodeImage]" -> "Invalid PNG data, size 46"
@@ -41,6 +54,45 @@ DIGITS_NUM_TEST = 360
 DIGITS_CROP_MIN_AREA = 0.6
 # TFDS files read at once, 16 records from each in turn: TFDS's own reading order.
 READ_CYCLE, READ_BLOCK = 16, 16
+# Warning filters are process-wide: headers are read one at a time with PIL's warning silenced.
+_HEADER_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What errors call the settings that chose a dataset, so that each names what the user set:
+    the training config's fields by default, a command's flags with `Settings.from_flags`."""
+
+    dataset: str = "config.dataset"
+    folder_train_dir: str = "config.folder_train_dir"
+    folder_eval_dir: str = "config.folder_eval_dir"
+    train_split: str = "config.train_split"
+    eval_split: str = "config.eval_split"
+    data_dir: str = "config.data_dir"
+    accepted: str = (
+        "'digits', 'folder' (images in config.folder_train_dir) or a TFDS image-classification name "
+        "such as 'imagenet2012' or 'cifar10'"
+    )
+    # Whether errors may offer the config's other fields (skip_bad_images, folder_eval_dir) as fixes.
+    config_fixes: bool = True
+
+    @classmethod
+    def from_flags(cls, dataset_flag: str, data_dir_flag: str) -> Settings:
+        """The settings of a command that takes the dataset (a name, a folder or "name:split") in
+        one flag and the TFDS folder in another."""
+        return cls(
+            dataset=dataset_flag,
+            folder_train_dir=dataset_flag,
+            folder_eval_dir=dataset_flag,
+            train_split=dataset_flag,
+            eval_split=dataset_flag,
+            data_dir=data_dir_flag,
+            accepted=(
+                "'digits', an image folder root/<class>/*.jpg or a TFDS image-classification name "
+                f"(optionally name:split) prepared in {data_dir_flag}"
+            ),
+            config_fixes=False,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,32 +136,33 @@ class Source:
     part: Callable[..., Part]  # (train, process_index, process_count) -> Part
 
 
-def open_source(spec: DataSpec) -> Source:
+def open_source(spec: DataSpec, settings: Settings = Settings()) -> Source:
     """The dataset of `spec`, opened and checked (TFDS and digits: metadata only; folders: every
-    image decoded once)."""
+    image's header read and the image decoded once); errors name the `settings`."""
     keep_tensorflow_off_accelerators()
     if spec.dataset == "digits":
         return _digits_source(spec.image_size)
     if spec.dataset == "folder":
-        return _folder_source(spec)
-    return _tfds_source(spec)
+        return _folder_source(spec, settings)
+    return _tfds_source(spec, settings)
 
 
-def _tfds_source(spec: DataSpec) -> Source:
+def _tfds_source(spec: DataSpec, settings: Settings) -> Source:
     """A TFDS image-classification dataset, read undecoded so decoding can fuse with the crop."""
-    builder = _tfds_builder(spec.dataset, None if spec.data_dir is None else str(to_path(spec.data_dir)))
+    data_dir = None if spec.data_dir is None else str(to_path(spec.data_dir))
+    builder = _tfds_builder(spec.dataset, data_dir, settings)
     image_key, label_key = builder.info.supervised_keys or ("image", "label")
     if not isinstance(builder.info.features[image_key], tfds.features.Image):
         raise ValueError(
-            f"config.dataset={spec.dataset!r} has no image feature {image_key!r}; "
+            f"{settings.dataset}={spec.dataset!r} has no image feature {image_key!r}; "
             "use an image-classification dataset"
         )
     labels = builder.info.features[label_key]
-    train_split, eval_split = _tfds_splits(builder, spec.train_split, spec.eval_split)
+    train_split, eval_split = _tfds_splits(builder, spec.train_split, spec.eval_split, settings)
     info = DatasetInfo(
         num_classes=labels.num_classes,
-        num_train_examples=_tfds_split_size(builder, train_split),
-        num_eval_examples=_tfds_split_size(builder, eval_split),
+        num_train_examples=_tfds_split_size(builder, train_split, settings.train_split),
+        num_eval_examples=_tfds_split_size(builder, eval_split, settings.eval_split),
         class_names=tuple(labels.names),
         eval_split=eval_split,
     )
@@ -159,25 +212,24 @@ def _tfds_reader(
     return read
 
 
-def _tfds_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _tfds_builder(name: str, data_dir: str | None, settings: Settings) -> tfds.core.DatasetBuilder:
     """The builder of a prepared TFDS dataset, or a ValueError saying how to get one."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as error:
-        raise ValueError(
-            f"config.dataset={name!r} is not a known dataset: use 'digits', 'folder' or a TFDS "
-            "image-classification name such as 'imagenet2012' or 'cifar10'"
-        ) from error
+    except ValueError as error:  # an unknown name, or one TFDS cannot parse ("my-images", "/data")
+        raise ValueError(f"{settings.dataset}={name!r} is not a known dataset: use {settings.accepted}") from error
     if not builder.info.splits:
         raise ValueError(
-            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}: prepare it with "
-            f"`tfds build {name} --data_dir=...` (imagenet2012 needs its archives in "
-            "<data_dir>/downloads/manual) and point config.data_dir (the export command: --data-dir) at that folder"
+            f"{settings.dataset}={name!r}: TFDS dataset {name!r} is not prepared in {builder.data_dir}: prepare it "
+            f"with `tfds build {name} --data_dir=...` (imagenet2012 needs its archives in "
+            f"<data_dir>/downloads/manual) and point {settings.data_dir} at that folder"
         )
     return builder
 
 
-def _tfds_splits(builder: tfds.core.DatasetBuilder, train_split: str, eval_split: str | None) -> tuple[str, str]:
+def _tfds_splits(
+    builder: tfds.core.DatasetBuilder, train_split: str, eval_split: str | None, settings: Settings
+) -> tuple[str, str]:
     """(train, eval) split strings; eval_split=None picks "validation", else "test", else a
     held-out slice of "train" that training then does not see, and says which."""
     if eval_split is not None:
@@ -189,8 +241,8 @@ def _tfds_splits(builder: tfds.core.DatasetBuilder, train_split: str, eval_split
             return train_split, name
     if train_split != "train":
         raise ValueError(
-            f"{builder.name} has no 'validation' or 'test' split to evaluate train_split={train_split!r} "
-            f"on; set config.eval_split to one of {sorted(builder.info.splits)} or a slice of them"
+            f"{builder.name} has no 'validation' or 'test' split to evaluate {settings.train_split}={train_split!r} "
+            f"on; set {settings.eval_split} to one of {sorted(builder.info.splits)} or a slice of them"
         )
     cut = 100 - HELD_OUT_PERCENT
     logging.warning(
@@ -201,13 +253,14 @@ def _tfds_splits(builder: tfds.core.DatasetBuilder, train_split: str, eval_split
     return f"train[:{cut}%]", f"train[{cut}%:]"
 
 
-def _tfds_split_size(builder: tfds.core.DatasetBuilder, split: str) -> int:
-    """Number of examples in a TFDS split string, or a ValueError listing the splits."""
+def _tfds_split_size(builder: tfds.core.DatasetBuilder, split: str, setting: str) -> int:
+    """Number of examples in a TFDS split string, or a ValueError naming the `setting` it came
+    from and listing the splits."""
     try:
         return builder.info.splits[split].num_examples
     except (KeyError, ValueError) as error:
         raise ValueError(
-            f"split {split!r} is not in {builder.name}: use one of {sorted(builder.info.splits)} "
+            f"{setting}: split {split!r} is not in {builder.name}: use one of {sorted(builder.info.splits)} "
             "or a slice of them such as 'train[:90%]'"
         ) from error
 
@@ -242,27 +295,32 @@ def _upsample_gray(image: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.image.grayscale_to_rgb(resized)
 
 
-def _folder_source(spec: DataSpec) -> Source:
-    """`root/<class>/*.jpg|jpeg|png`, classes numbered in sorted folder-name order, every image
-    checked to decode before training starts (see `_check_images`)."""
+def _folder_source(spec: DataSpec, settings: Settings) -> Source:
+    """`root/<class>/**/*.jpg|jpeg|png`, classes numbered in sorted folder-name order, every image
+    checked before training starts (see `_image_problem`)."""
     train_dir = spec.folder_train_dir
-    class_names, paths, labels = _scan_folder(train_dir, "folder_train_dir", spec.skip_bad_images)
+    class_names, paths, labels = _scan_folder(
+        train_dir, settings.folder_train_dir, spec.skip_bad_images, settings.config_fixes
+    )
     eval_dir = spec.folder_eval_dir
     if eval_dir is None:
         fraction = spec.folder_eval_fraction
         try:
             train, test = _held_out(paths, labels, fraction)
         except ValueError as error:
+            more = " or set config.folder_eval_dir" if settings.config_fixes else ""
             raise ValueError(
-                f"cannot hold out folder_eval_fraction={fraction} of {train_dir} per class "
-                f"({error}); add images or set folder_eval_dir"
+                f"{settings.folder_train_dir}={train_dir!r}: cannot hold out {fraction:.0%} of each class for "
+                f"evaluation ({error}); add images{more}"
             ) from error
     else:
-        eval_names, eval_paths, eval_labels = _scan_folder(eval_dir, "folder_eval_dir", spec.skip_bad_images)
+        eval_names, eval_paths, eval_labels = _scan_folder(
+            eval_dir, settings.folder_eval_dir, spec.skip_bad_images, settings.config_fixes
+        )
         if eval_names != class_names:
             raise ValueError(
-                f"folder_eval_dir classes {eval_names} differ from folder_train_dir classes "
-                f"{class_names}; give both folders the same class sub-folders"
+                f"{settings.folder_eval_dir} classes {eval_names} differ from {settings.folder_train_dir} "
+                f"classes {class_names}; give both folders the same class sub-folders"
             )
         # Per-process shares are contiguous: shuffle once so each holds every class.
         train = tuple(sklearn_utils.shuffle(paths, labels, random_state=SPLIT_SEED))
@@ -277,29 +335,37 @@ def _folder_source(spec: DataSpec) -> Source:
     return Source(info, _imagenet_augment(spec), part)
 
 
-def _scan_folder(root: str | None, field: str, skip_bad: bool) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+def _scan_folder(
+    root: str | None, setting: str, skip_bad: bool, offer_skip: bool
+) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
     """(class names, image paths, int32 labels) of a class-per-sub-folder image folder, local or
-    gs://, with every image checked by `_check_images`."""
+    gs://, each class's images found at any depth below its folder (as torchvision's
+    ImageFolder does) and checked by `_check_images`; hidden files and folders are left out."""
     if root is None or not to_path(root).is_dir():
-        raise ValueError(f"{field}={root!r} is not a folder; set config.{field} to an image folder")
-    class_dirs = sorted((path for path in to_path(root).iterdir() if path.is_dir()), key=lambda path: path.name)
+        raise ValueError(f"{setting}={root!r} is not a folder; set {setting} to an image folder root/<class>/*.jpg")
+    class_dirs = sorted(
+        (path for path in to_path(root).iterdir() if not _hidden(path) and path.is_dir()), key=lambda path: path.name
+    )
     if len(class_dirs) < 2:
         raise ValueError(
-            f"{field}={root!r} has {len(class_dirs)} class sub-folders, a classifier needs at least 2; "
+            f"{setting}={root!r} has {len(class_dirs)} class sub-folders, a classifier needs at least 2; "
             "put each class's images in root/<class>/"
         )
-    images = {
-        class_dir: sorted(str(path) for path in class_dir.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
-        for class_dir in class_dirs
-    }
-    bad = _check_images([path for paths in images.values() for path in paths], field, skip_bad)
+    images = {class_dir: sorted(_images_under(class_dir)) for class_dir in class_dirs}
+    for class_dir, paths in images.items():
+        if not paths:
+            raise ValueError(
+                f"{setting}: class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images "
+                "(searched recursively); add images or remove the folder"
+            )
+    bad = _check_images([path for paths in images.values() for path in paths], setting, skip_bad, offer_skip)
     paths, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         good = [path for path in images[class_dir] if path not in bad]
         if not good:
             raise ValueError(
-                f"class folder {str(class_dir)!r} has no {'/'.join(IMAGE_EXTENSIONS)} images that decode; "
-                "add images or remove the folder"
+                f"{setting}: class folder {str(class_dir)!r} has no images training can use (all "
+                f"{len(images[class_dir])} are left out); add images or remove the folder"
             )
         paths += good
         labels += [label] * len(good)
@@ -307,41 +373,96 @@ def _scan_folder(root: str | None, field: str, skip_bad: bool) -> tuple[tuple[st
     return class_names, np.array(paths), np.array(labels, np.int32)
 
 
-def _check_images(paths: list[str], field: str, skip_bad: bool) -> dict[str, str]:
-    """{path: problem} of the images that do not decode in full, read in parallel.
+def _hidden(path: epath.Path) -> bool:
+    """Whether a file or folder is hidden (".DS_Store", "._photo.jpg", ".ipynb_checkpoints")."""
+    return path.name.startswith(".")
 
-    Decoding goes by content, as in training: a PNG named .jpg is fine; an empty, truncated or
-    corrupt file, or one that is no image at all, is bad. Bad images raise a ValueError naming
-    every one, or with `skip_bad` are logged and returned, for the caller to leave out.
+
+def _images_under(folder: epath.Path) -> list[str]:
+    """Paths of the images in `folder` and its sub-folders at any depth, hidden ones left out.
+
+    Names with an image extension count as images without asking the file system (on gs://,
+    a request each); only other names are asked whether they are folders.
+    """
+    images = []
+    for path in folder.iterdir():
+        if _hidden(path):
+            continue
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(str(path))
+        elif path.is_dir():
+            images += _images_under(path)
+    return images
+
+
+def _check_images(paths: list[str], setting: str, skip_bad: bool, offer_skip: bool) -> dict[str, str]:
+    """{path: problem} of the images training cannot use (see `_image_problem`), read in parallel.
+
+    Bad images raise a ValueError naming every one (and, with `offer_skip`, the
+    config.skip_bad_images way out), or with `skip_bad` are logged and returned, for the caller
+    to leave out.
     """
     with concurrent.futures.ThreadPoolExecutor(CHECK_THREADS) as pool:
         problems = pool.map(_image_problem, paths)
         progress = tqdm.tqdm(
-            problems, total=len(paths), desc=f"checking {field} images", unit="image",
+            problems, total=len(paths), desc=f"checking {setting} images", unit="image",
             disable=len(paths) < CHECK_PROGRESS_MIN,
         )
         bad = {path: problem for path, problem in zip(paths, progress) if problem}
     if bad:
         listing = "; ".join(f"{path}: {problem}" for path, problem in bad.items())
         if not skip_bad:
+            skip = ", or set config.skip_bad_images=True to train without them" if offer_skip else ""
             raise ValueError(
-                f"{field} has {len(bad)} images that do not decode ({listing}); remove or fix them, "
-                "or set config.skip_bad_images=True to train without them"
+                f"{setting} has {len(bad)} images that training cannot use ({listing}); remove or fix them{skip}"
             )
-        logging.warning("%s: leaving out %d images that do not decode: %s", field, len(bad), listing)
+        logging.warning("%s: leaving out %d images that training cannot use: %s", setting, len(bad), listing)
     return bad
 
 
 def _image_problem(path: str) -> str | None:
-    """Why the image file at `path` does not decode in full, or None when it does."""
+    """Why training cannot use the image file at `path`, or None when it can.
+
+    The header comes first (see `_header_problem`): an image of too many pixels is refused
+    before it is decoded. The rest is decoded in full, by content as in training: a PNG named
+    .jpg is fine; an empty, truncated or corrupt file, or one that is no image at all, is bad,
+    and so is a side under MIN_IMAGE_SIDE.
+    """
     try:
         contents = to_path(path).read_bytes()
         if not contents:
             return "empty file"
-        tf.io.decode_image(contents, channels=3, expand_animations=False)
+        problem = _header_problem(contents)
+        if problem is None:
+            height, width, _ = tf.io.decode_image(contents, channels=3, expand_animations=False).shape
+            problem = _size_problem(width, height)
     except (OSError, tf.errors.OpError) as error:
         message = error.message if isinstance(error, tf.errors.OpError) else str(error)
         return _TF_ERROR_DECORATION.sub("", message).strip().splitlines()[0]
+    return problem
+
+
+def _header_problem(contents: bytes) -> str | None:
+    """What is wrong with an image's size by its header, which PIL reads without decoding; None
+    also when PIL cannot read the header (decoding then says why)."""
+    with _HEADER_LOCK, warnings.catch_warnings():
+        # PIL warns above its bound (MAX_IMAGE_PIXELS by default) and raises above twice it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(contents)) as image:
+                return _size_problem(*image.size)
+        except Image.DecompressionBombError:
+            return f"more than {MAX_IMAGE_PIXELS:,} pixels (a decompression-bomb bound, as PIL's)"
+        except OSError:
+            return None
+
+
+def _size_problem(width: int, height: int) -> str | None:
+    """What is wrong with an image of `width` x `height` pixels for training, or None."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"{width}x{height} pixels, a side under {MIN_IMAGE_SIDE} leaves no crop"
+    if width * height > MAX_IMAGE_PIXELS:
+        return f"{width}x{height} pixels, more than {MAX_IMAGE_PIXELS:,} (a decompression-bomb bound, as PIL's)"
     return None
 
 

@@ -4,13 +4,14 @@ A dataset is named like `--calibration`: "digits", a folder `root/<class>/*.jpg|
 into train and eval by the pipeline's fixed held-out rule), or a prepared TFDS name, optionally
 with its eval split as "name:split", found in `data_dir` (default: TFDS's own, `TFDS_DATA_DIR`
 or ~/tensorflow_datasets). Images are preprocessed for the deployable's size and normalisation,
-so exported models see exactly what the trained model saw.
+so exported models see exactly what the trained model saw. Errors name the flag the dataset was
+given in (`--calibration`, `--data`) and what it accepts.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -18,13 +19,27 @@ from mobilenet_jax.data.spec import DataSpec
 from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.paths import to_path
 
+if TYPE_CHECKING:
+    from mobilenet_jax.data.sources import Settings, Source
+
 CALIBRATION_IMAGES = 256
 BATCH_SIZE = 32
 SEED = 0
+DATA_DIR_FLAG = "--data-dir"
 
 
-def _spec(dataset: str, deployable: Deployable, data_dir: str | None = None) -> DataSpec:
-    """The data pipeline's spec for `dataset` at the deployable's size."""
+def _open(dataset: str, flag: str, deployable: Deployable, data_dir: str | None) -> tuple[Source, DataSpec]:
+    """The dataset named in `flag`, opened for the deployable's size, with every error naming `flag`."""
+    from mobilenet_jax import data  # TensorFlow, imported on use
+
+    settings = data.Settings.from_flags(flag, DATA_DIR_FLAG)
+    spec = _spec(dataset, settings, deployable, data_dir)
+    return data.open_source(spec, settings), spec
+
+
+def _spec(dataset: str, settings: Settings, deployable: Deployable, data_dir: str | None) -> DataSpec:
+    """The data pipeline's spec for `dataset` at the deployable's size: a folder when it is a path
+    (a ValueError when that is a file or missing), else a dataset name."""
     fields: dict[str, Any] = dict(
         dataset=dataset,
         data_dir=data_dir,
@@ -33,34 +48,48 @@ def _spec(dataset: str, deployable: Deployable, data_dir: str | None = None) -> 
         eval_batch_size=BATCH_SIZE,
         shuffle_buffer=2048,
     )
-    if to_path(dataset).is_dir():
+    path = to_path(dataset)
+    if path.is_dir():
         fields.update(dataset="folder", folder_train_dir=dataset)
+    elif path.exists() or _looks_like_path(dataset):
+        problem = "is a file, not a folder" if path.exists() else "does not exist"
+        raise ValueError(f"{settings.dataset}={dataset!r} {problem}; use {settings.accepted}")
     elif ":" in dataset:
         fields["dataset"], fields["eval_split"] = dataset.split(":", 1)
     return DataSpec(**fields)
 
 
+def _looks_like_path(dataset: str) -> bool:
+    """Whether `dataset` can only be a path: TFDS names hold no "://" and start with a letter."""
+    return "://" in dataset or dataset.startswith(("/", ".", "~"))
+
+
 def calibration_images(
-    dataset: str, deployable: Deployable, count: int = CALIBRATION_IMAGES, data_dir: str | None = None
+    dataset: str,
+    deployable: Deployable,
+    count: int = CALIBRATION_IMAGES,
+    data_dir: str | None = None,
+    flag: str = "--calibration",
 ) -> list[np.ndarray]:
     """`count` training images (as batches), augmented and normalised as in training: a
-    representative dataset."""
+    representative dataset. Errors name `flag`, the setting `dataset` came from."""
     from mobilenet_jax import data  # TensorFlow, imported on use
 
-    spec = _spec(dataset, deployable, data_dir)
-    batches = data.create_train_iterator(spec, seed=SEED, process_index=0, process_count=1)
+    source, spec = _open(dataset, flag, deployable, data_dir)
+    batches = data.train_batches(source, spec, seed=SEED, process_index=0, process_count=1)
     chosen = itertools.islice(batches, -(-count // BATCH_SIZE))
     return [data.normalize_images(batch["image"], deployable.normalization) for batch in chosen]
 
 
 def eval_examples(
-    dataset: str, deployable: Deployable, data_dir: str | None = None
+    dataset: str, deployable: Deployable, data_dir: str | None = None, flag: str = "--data"
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(normalised images, labels) of every example of the eval split once, without padding."""
+    """(normalised images, labels) of every example of the eval split once, without padding.
+    Errors name `flag`, the setting `dataset` came from."""
     from mobilenet_jax import data  # TensorFlow, imported on use
 
-    batches = data.create_eval_iterator(_spec(dataset, deployable, data_dir), process_index=0, process_count=1)
-    for batch in batches:
+    source, spec = _open(dataset, flag, deployable, data_dir)
+    for batch in data.eval_batches(source, spec, process_index=0, process_count=1):
         mask = batch["mask"]
         if mask.any():
             yield data.normalize_images(batch["image"][mask], deployable.normalization), batch["label"][mask]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import struct
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image
 
 from data_helpers import (
     SHARDED_FILES,
@@ -112,6 +116,38 @@ def test_folder_errors(tmp_path):
         data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
 
 
+def test_folder_reads_class_folders_at_any_depth(tmp_path):
+    root = tmp_path / "train"
+    write_folder(root)
+    for name, new_name in {
+        "cat/0.png": "cat/sub/0.png",
+        "cat/1.png": "cat/sub/deeper/1.png",
+        "dog/2.jpg": "dog/sub/2.jpg",
+        "emu/3.JPEG": "emu/sub/deeper/3.JPEG",
+    }.items():
+        (root / new_name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).rename(root / new_name)
+    # Hidden files and folders are no images and no classes, even when they hold some.
+    (root / ".ipynb_checkpoints" / "x").mkdir(parents=True)
+    (root / ".ipynb_checkpoints" / "x" / "0.png").write_bytes((root / "cat" / "2.png").read_bytes())
+    (root / "cat" / ".trash").mkdir()
+    (root / "cat" / ".trash" / "0.png").write_bytes(b"")
+    (root / "dog" / "._0.jpg").write_bytes(b"\0\5\26\7")  # a macOS resource fork, undecodable
+    spec = make_spec(dataset="folder", folder_train_dir=str(root), folder_eval_fraction=0.25, batch_size=9)
+    info = data.get_dataset_info(spec)
+    assert info.class_names == ("cat", "dog", "emu")
+    assert (info.num_train_examples, info.num_eval_examples) == (9, 3)
+    batch = next(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1))
+    np.testing.assert_array_equal(colour_labels(batch), batch["label"])
+    assert sorted(batch["label"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    (root / "fox" / "sub").mkdir(parents=True)
+    (root / "fox" / "sub" / "notes.txt").write_text("no image")
+    (root / "fox" / ".0.png").write_bytes((root / "cat" / "2.png").read_bytes())
+    message = "config.folder_train_dir: class folder .*fox' has no .jpg/.jpeg/.png images \\(searched recursively\\)"
+    with pytest.raises(ValueError, match=message):
+        data.get_dataset_info(spec)
+
+
 @pytest.mark.parametrize(
     "overrides, process_count, message",
     [
@@ -156,9 +192,23 @@ def test_tfds_eval_split_is_the_one_the_dataset_has(tiny, sharded, train_only, c
     trained = np.concatenate([batch["label"] for batch in take(train_iterator(train_only), SHARDED_TRAIN // 16)])
     assert len(held_out) == SHARDED_TRAIN // 10 and not set(held_out) & set(trained)
     assert sorted([*held_out, *set(trained)]) == list(range(SHARDED_TRAIN))
-    message = "no 'validation' or 'test' split to evaluate train_split='train\\[:50%\\]' on"
+    message = "no 'validation' or 'test' split to evaluate config.train_split='train\\[:50%\\]' on"
     with pytest.raises(ValueError, match=message):
         data.get_dataset_info(dataclasses.replace(train_only, train_split="train[:50%]"))
+
+
+def blank_png(width: int, height: int) -> bytes:
+    """A valid black 1-bit grayscale PNG: kilobytes on disk whatever its size, as a decompression
+    bomb is (20000x20000 decodes to 1.2 GB as RGB)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = zlib.compressobj()
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the packed pixels
+    pixels = b"".join(rows.compress(row) for _ in range(height)) + rows.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
 def spoil_folder(root) -> dict[str, str]:
@@ -170,11 +220,19 @@ def spoil_folder(root) -> dict[str, str]:
     (root / "dog" / "cut.jpg").write_bytes(dog[: len(dog) // 2])
     (root / "dog" / "empty.jpg").write_bytes(b"")
     (root / "emu" / "notes.jpeg").write_text("not an image")
+    (root / "emu" / "dot.png").write_bytes(tf.io.encode_png(np.zeros((1, 1, 3), np.uint8)).numpy())
+    (root / "cat" / "line.jpg").write_bytes(tf.io.encode_jpeg(np.zeros((1, 50, 3), np.uint8)).numpy())
+    (root / "dog" / "bomb.png").write_bytes(blank_png(10_000, 10_000))  # over PIL's bound: it warns
+    (root / "emu" / "big_bomb.png").write_bytes(blank_png(20_000, 20_000))  # over twice it: it raises
     return {
         "cut.png": "Invalid PNG data",
         "cut.jpg": "jpeg::Uncompress failed",
         "empty.jpg": "empty file",
         "notes.jpeg": "Unknown image file format",
+        "dot.png": "1x1 pixels, a side under 2 leaves no crop",
+        "line.jpg": "50x1 pixels, a side under 2 leaves no crop",
+        "bomb.png": "10000x10000 pixels, more than 89,478,485 (a decompression-bomb bound",
+        "big_bomb.png": "more than 89,478,485 pixels (a decompression-bomb bound",
     }
 
 
@@ -182,10 +240,13 @@ def test_folder_check_names_every_bad_image(tmp_path):
     root = write_folder(tmp_path / "train")
     bad = spoil_folder(tmp_path / "train")
     spec = make_spec(dataset="folder", folder_train_dir=root)
-    with pytest.raises(ValueError, match="folder_train_dir has 4 images that do not decode") as error:
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(ValueError) as error:
+        warnings.simplefilter("always")
         data.get_dataset_info(spec)
+    assert not [warning for warning in caught if warning.category is Image.DecompressionBombWarning]
     message = str(error.value)
-    assert "\n" not in message and "png_named" not in message and "skip_bad_images=True" in message
+    assert message.startswith("config.folder_train_dir has 8 images that training cannot use (")
+    assert "\n" not in message and "png_named" not in message and "config.skip_bad_images=True" in message
     assert all(f"{tmp_path / 'train'}/" in message and f"/{name}: {why}" in message for name, why in bad.items())
 
 
@@ -195,7 +256,7 @@ def test_folder_skip_bad_images_leaves_them_out(tmp_path, caplog):
     spec = make_spec(dataset="folder", folder_train_dir=root, skip_bad_images=True)
     info = data.get_dataset_info(spec)
     assert (info.num_train_examples, info.num_eval_examples) == (9, 4)  # 12 + png_named.jpg
-    assert "leaving out 4 images that do not decode" in caplog.text
+    assert "leaving out 8 images that training cannot use" in caplog.text
     assert all(name in caplog.text for name in bad)
     batches = take(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1), 3)
     for batch in batches:  # every image is its class's colour: no bad file was read
@@ -212,5 +273,6 @@ def test_folder_refusals(tmp_path):
     for path in (tmp_path / "train" / "emu").iterdir():
         path.write_bytes(b"\x89PNG\r\n\x1a\n")
     spec = make_spec(dataset="folder", folder_train_dir=root, skip_bad_images=True)
-    with pytest.raises(ValueError, match="class folder .*emu.* has no .* images that decode"):
+    message = "class folder .*emu.* has no images training can use \\(all 4 are left out\\)"
+    with pytest.raises(ValueError, match=message):
         data.get_dataset_info(spec)
