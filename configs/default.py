@@ -67,7 +67,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
     config.folder_train_dir = config_dict.placeholder(str)
     config.folder_eval_dir = config_dict.placeholder(str)
     config.folder_eval_fraction = 0.1  # held out of folder_train_dir when no folder_eval_dir
-    config.skip_bad_images = False  # folder images that do not decode: False refuses the folder, True skips them
+    config.skip_bad_images = False  # folder images training cannot use: False refuses the folder, True skips them
     config.image_size = 224
     # "imagenet" (mean/std, the PyTorch reference's), "inception" or "half" ([-1, 1]); None: the
     # init_from weights' convention, else "imagenet".

@@ -16,10 +16,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from mobilenet_jax.data.spec import normalize
+from mobilenet_jax.data.spec import EVAL_CROP_PADDING, normalize
 
-# Eval crop side = image_size / (image_size + 32) of the shorter side: 0.875 at 224.
-EVAL_CROP_PADDING = 32
 CROP_ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_MAX_ATTEMPTS = 10
 

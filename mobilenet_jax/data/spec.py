@@ -23,6 +23,8 @@ MIN_IMAGE_SIZE = 32
 # images: a float32 training step of MobileNet v1 1.0 at 2048 needs 7.7 GiB of temporaries at
 # batch 1 (XLA's memory_analysis on the CPU backend; 0.09 GiB at 224).
 MAX_IMAGE_SIZE = 2048
+# Eval crop side = image_size / (image_size + 32) of the shorter side: 0.875 at 224.
+EVAL_CROP_PADDING = 32
 BUILTIN_DATASETS = ("digits", "folder")  # any other name is a TFDS dataset
 HELD_OUT_PERCENT = 10  # of a TFDS "train" split, evaluated on when the dataset has no eval split
 INPUT_DTYPES = ("uint8", "float32")

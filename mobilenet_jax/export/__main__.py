@@ -63,7 +63,7 @@ def run_check(args: argparse.Namespace) -> str:
     data = args.data or args.calibration
     labels = None
     if data:
-        images, labels = map(np.concatenate, zip(*datasets.eval_examples(data, deployable, args.data_dir)))
+        images, labels = map(np.concatenate, zip(*datasets.eval_examples(data, deployable, args.data_dir, "--data" if args.data else "--calibration")))
     else:
         size = deployable.image_size
         images = np.random.default_rng(0).standard_normal((RANDOM_IMAGES, size, size, 3), np.float32)

@@ -17,14 +17,11 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
-from mobilenet_jax.data.spec import MAX_IMAGE_SIZE, NORMALIZATIONS, check_normalization
+from mobilenet_jax.data.spec import EVAL_CROP_PADDING, MAX_IMAGE_SIZE, NORMALIZATIONS, check_normalization
 from mobilenet_jax.model import MIN_INPUT_SIZE
 
 RESIZE_MODES = ("crop_then_resize", "resize_then_crop", "square_crop_then_resize")
 INTERPOLATIONS = ("bilinear", "bicubic")
-# The data pipeline's evaluation crop padding for every dataset but the digits, which crop none
-# (data.preprocess.EVAL_CROP_PADDING, in a module that needs TensorFlow).
-EVAL_CROP_PADDING = 32
 
 
 def check_size(size: int, name: str = "size") -> int:
