@@ -266,9 +266,10 @@ def _silence_abandoned_tasks() -> None:
 
     When one array of a checkpoint cannot be read or written, Orbax closes its event loop while
     TensorStore still finishes the checkpoint's other arrays: each of those reports "Event loop is
-    closed" as an unraisable exception, and asyncio logs every failed read task again. They only
-    repeat the one-line report `restore` prints or the error a save raises, and may arrive after
-    it, so they stay filtered for the rest of the process.
+    closed" as an unraisable exception, and asyncio logs every failed read, and every write a full
+    disk failed, again as an exception never retrieved. They only repeat the one-line report
+    `restore` prints or the error a save raises, and may arrive after it (the writes' as the
+    process exits), so they stay filtered for the rest of the process.
     """
     if getattr(sys.unraisablehook, "drops_abandoned_tasks", False):
         return
@@ -281,10 +282,14 @@ def _silence_abandoned_tasks() -> None:
 
     hook.drops_abandoned_tasks = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(
-        lambda record: not (record.getMessage().startswith("Task exception was never retrieved")
-                            and "async_deserialize" in record.getMessage())
-    )
+    logging.getLogger("asyncio").addFilter(_not_an_abandoned_task)
+
+
+def _not_an_abandoned_task(record: logging.LogRecord) -> bool:
+    """False for asyncio's reports of a checkpoint read or full-disk write that nobody awaited."""
+    message = record.getMessage()
+    full_disk = _full_disk_errno(record.exc_info[1] if record.exc_info else None) is not None
+    return not ("exception was never retrieved" in message and ("async_deserialize" in message or full_disk))
 
 
 def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from mobilenet_jax.training import checkpoint
 from mobilenet_jax.training.metrics import read_metrics
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.training.state import create_train_state
+from test_checkpoint import small_disk  # noqa: F401 - a fixture: a 4 MiB tmpfs
 from tiny_runs import ROOT, one_device_env, start_training, tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -39,6 +40,8 @@ LOG_EVERY = 3
 TINY = (*tiny_flags(STEPS), "--config.keep_checkpoints=10", f"--config.log_every_steps={LOG_EVERY}")
 LOG_STEPS = sorted({*range(LOG_EVERY, STEPS + 1, LOG_EVERY), *range(4, STEPS + 1, 4)})
 TIMEOUT = 300
+# A line of the progress bar: "  25%|██▌       | 4/16 [00:05<...".
+PROGRESS = re.compile(r"\| *\d+/\d+ \[")
 
 
 @pytest.fixture(scope="module")
@@ -387,3 +390,12 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, env):
     (tmp_path / "run").write_text("")
     output = run(tmp_path / "run", env, ok=False).strip()
     assert output == f"train.py: error: workdir {tmp_path / 'run'} is a file; pass a directory (new or a run's) as --workdir"
+
+
+def test_a_full_disk_ends_the_run_in_one_line(small_disk, env):
+    (small_disk / "filler").write_bytes(bytes(15 * 2**18))  # 256 KiB left: less than a checkpoint
+    output = run(small_disk / "run", env, ok=False)
+    lines = [line for line in re.split(r"[\r\n]", output) if line.strip() and not PROGRESS.search(line)]
+    assert len(lines) == 1, output[-3000:]
+    assert re.fullmatch(r"train\.py: error: cannot write .*: no space left on device; free space there.*", lines[0],
+                        re.IGNORECASE), lines
