@@ -199,8 +199,14 @@ class Checkpoints:
         with self._write_errors_named():
             self._manager.wait_until_finished()
 
+    def __enter__(self) -> Checkpoints:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
+        """Finish pending saves and release the manager (also on leaving a `with` block)."""
         try:
             with self._write_errors_named():
                 self._manager.close()

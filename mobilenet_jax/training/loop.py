@@ -163,50 +163,47 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise FileNotFoundError(f"eval_only: no checkpoint in {to_path(workdir) / checkpoint.CHECKPOINT_DIR}; train first")
     # eval_only locks too: its metrics row must not land among a training run's, nor its checkpoint
     # vanish under that run's retention; on a read-only workdir it writes nothing and needs no lock.
-    with lock.held(workdir, needs_writing=not loop.eval_only):
-        checkpoints = checkpoint.Checkpoints(
+    with (
+        lock.held(workdir, needs_writing=not loop.eval_only),
+        checkpoint.Checkpoints(
             workdir, keep=loop.keep_checkpoints, keep_best=loop.keep_best_checkpoint, read_only=loop.eval_only,
             record=record,
-        )
+        ) as checkpoints,
+    ):
+        state = _initial_state(experiment, tx, runner, checkpoints)
+        start = int(state.step.addressable_data(0))
+        if loop.eval_only:
+            result = evaluate_now(runner.from_global(state))
+            _record_evaluation(workdir, start, result)
+            return {**result, "step": start}
+        if start >= total_steps:
+            final = _final_evaluation(workdir, start) or evaluate_now(runner.from_global(state))
+            if model_files.missing():
+                variables, _ = exported_variables(runner.fetch(runner.from_global(state)), final)
+                model_files.write(variables, missing_only=True)
+            return {**final, "step": start, "finished_before": True, "model_path": model_files.paths()[-1]}
+        checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
+        writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
         try:
-            state = _initial_state(experiment, tx, runner, checkpoints)
-            start = int(state.step.addressable_data(0))
-            if loop.eval_only:
-                result = evaluate_now(runner.from_global(state))
-                _record_evaluation(workdir, start, result)
-                return {**result, "step": start}
-            if start >= total_steps:
-                final = _final_evaluation(workdir, start) or evaluate_now(runner.from_global(state))
-                if model_files.missing():
-                    variables, _ = exported_variables(runner.fetch(runner.from_global(state)), final)
-                    model_files.write(variables, missing_only=True)
-                return {**final, "step": start, "finished_before": True, "model_path": model_files.paths()[-1]}
-            checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
-            writer = MetricWriter(
-                workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start
+            batches = data.train_batches(
+                source,
+                experiment.data,
+                seed=loop.seed,
+                process_index=jax.process_index(),
+                process_count=jax.process_count(),
+                start_step=start,
             )
-            try:
-                batches = data.train_batches(
-                    source,
-                    experiment.data,
-                    seed=loop.seed,
-                    process_index=jax.process_index(),
-                    process_count=jax.process_count(),
-                    start_step=start,
-                )
-                with DevicePrefetch(batches, runner.put_batch) as device_batches:
-                    state, result = _train(experiment, runner, runner.from_global(state), device_batches, start,
-                                           total_steps, schedule, checkpoints, writer, evaluate_now, workdir)
-            finally:
-                writer.close()
-            state = runner.fetch(state)
-            step = int(state.step)
-            if step < total_steps:
-                return {**result, "step": step, "stopped": True, "checkpoint_dir": str(checkpoints.directory)}
-            variables, which = exported_variables(state, result)
-            return {**result, "step": step, "model_path": model_files.write(variables), "model_variables": which}
+            with DevicePrefetch(batches, runner.put_batch) as device_batches:
+                state, result = _train(experiment, runner, runner.from_global(state), device_batches, start,
+                                       total_steps, schedule, checkpoints, writer, evaluate_now, workdir)
         finally:
-            checkpoints.close()
+            writer.close()
+        state = runner.fetch(state)
+        step = int(state.step)
+        if step < total_steps:
+            return {**result, "step": step, "stopped": True, "checkpoint_dir": str(checkpoints.directory)}
+        variables, which = exported_variables(state, result)
+        return {**result, "step": step, "model_path": model_files.write(variables), "model_variables": which}
 
 
 @dataclasses.dataclass(frozen=True)
