@@ -4,8 +4,10 @@ The lock file records who holds it (host, pid, start time, command line). Taking
 file exclusively (`O_CREAT | O_EXCL`) on a local disk; gs:// has no exclusive create, so there
 it is checked, then written: two runs starting within the same moment on one gs:// workdir can
 both pass the check. A run that crashed leaves its lock behind; a lock whose process is gone
-from this host is stale and taken over with a line on stderr, while a lock of a running process,
-or of another host (whose processes this host cannot see), refuses the run in one line.
+from this host is stale and taken over with a line on stderr (removed, then created afresh; two
+runs that find the same stale lock in the same instant are told apart only by that creation),
+while a lock of a running process, or of another host (whose processes this host cannot see),
+refuses the run in one line.
 """
 
 from __future__ import annotations
