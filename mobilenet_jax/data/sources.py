@@ -45,6 +45,7 @@ MIN_IMAGE_SIDE = 2
 MAX_IMAGE_PIXELS = 89_478_485
 CHECK_THREADS = 16  # decoding releases the GIL; reading gs:// is mostly waiting
 CHECK_PROGRESS_MIN = 1000  # images: smaller folders are checked without a progress bar
+LISTED_BAD_IMAGES = 10  # a refusal names this many bad images, then counts the rest
 # "{{function_node ...}} Invalid PNG data, size 46 [Op:DecodeImage]" -> "Invalid PNG data, size 46"
 _TF_ERROR_DECORATION = re.compile(r"\{\{.*?\}\}|\[Op:\w+\]")
 # Held-out splits use their own fixed seed so the test set never moves with the training seed.
@@ -410,13 +411,14 @@ def _check_images(paths: list[str], setting: str, skip_bad: bool, offer_skip: bo
         )
         bad = {path: problem for path, problem in zip(paths, progress) if problem}
     if bad:
-        listing = "; ".join(f"{path}: {problem}" for path, problem in bad.items())
+        listing = [f"{path}: {problem}" for path, problem in bad.items()]
+        images = f"{len(bad)} image{'s' if len(bad) > 1 else ''} that training cannot use"
         if not skip_bad:
+            shown = "; ".join(listing[:LISTED_BAD_IMAGES])
+            more = f"; and {len(bad) - LISTED_BAD_IMAGES} more" if len(bad) > LISTED_BAD_IMAGES else ""
             skip = ", or set config.skip_bad_images=True to train without them" if offer_skip else ""
-            raise ValueError(
-                f"{setting} has {len(bad)} images that training cannot use ({listing}); remove or fix them{skip}"
-            )
-        logging.warning("%s: leaving out %d images that training cannot use: %s", setting, len(bad), listing)
+            raise ValueError(f"{setting} has {images} ({shown}{more}); remove or fix them{skip}")
+        logging.warning("%s: leaving out %s: %s", setting, images, "; ".join(listing))
     return bad
 
 

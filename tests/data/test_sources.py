@@ -23,6 +23,7 @@ from data_helpers import (
     train_iterator,
 )
 from mobilenet_jax import data
+from mobilenet_jax.data import sources
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -248,6 +249,16 @@ def test_folder_check_names_every_bad_image(tmp_path):
     assert message.startswith("config.folder_train_dir has 8 images that training cannot use (")
     assert "\n" not in message and "png_named" not in message and "config.skip_bad_images=True" in message
     assert all(f"{tmp_path / 'train'}/" in message and f"/{name}: {why}" in message for name, why in bad.items())
+
+
+def test_a_refusal_names_the_first_bad_images_and_counts_the_rest(tmp_path, monkeypatch):
+    root = write_folder(tmp_path / "train")
+    spoil_folder(tmp_path / "train")
+    monkeypatch.setattr(sources, "LISTED_BAD_IMAGES", 3)
+    with pytest.raises(ValueError) as error:
+        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
+    assert str(error.value).count(f"{tmp_path / 'train'}/") == 3
+    assert "; and 5 more); remove or fix them" in str(error.value)
 
 
 def test_folder_skip_bad_images_leaves_them_out(tmp_path, caplog):

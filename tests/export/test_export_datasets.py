@@ -88,7 +88,7 @@ def bad_datasets(root) -> dict[str, tuple[str, str]]:
         "a file": (f"{root}/photo.jpg", f"='{root}/photo.jpg' is a file, not a folder; " + accepted),
         "a missing folder": (f"{root}/missing", f"='{root}/missing' does not exist; " + accepted),
         "an unknown name": ("no_such_dataset", "='no_such_dataset' is not a known dataset: " + accepted),
-        "a bad image": (f"{root}/bad_image", f" has 1 images that training cannot use ({root}/bad_image/dog/0.png: "
+        "a bad image": (f"{root}/bad_image", f" has 1 image that training cannot use ({root}/bad_image/dog/0.png: "
                         "1x1 pixels, a side under 2 leaves no crop); remove or fix them"),
         "a class without images": (f"{root}/no_images", f": class folder '{root}/no_images/dog' has no .jpg/.jpeg/.png "
                                    "images (searched recursively)"),
