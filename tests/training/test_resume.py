@@ -93,7 +93,7 @@ def assert_trees_equal(actual, expected) -> None:
 
 
 def train_losses(workdir: pathlib.Path) -> dict[int, float]:
-    """The last logged train loss of every step (a resumed run may log a step twice)."""
+    """The logged train loss of every step."""
     return {r["step"]: r["train_loss"] for r in read_metrics(str(workdir)) if "train_loss" in r}
 
 
