@@ -22,12 +22,11 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from mobilenet_jax.commands import COMMAND_ERRORS, CommandParser, exit_for_command
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop.imagenet import class_names
 from mobilenet_jax.interop.preprocessing import check_size
-from mobilenet_jax.interop.pretrained import (
-    COMMAND_ERRORS, CommandParser, REGISTRY, Pretrained, exit_for_command, load_pretrained, recorded_class_names,
-)
+from mobilenet_jax.interop.pretrained import REGISTRY, Pretrained, load_pretrained, recorded_class_names
 
 PROG = "python -m mobilenet_jax.classify"
 DEFAULT_WEIGHTS = "mobilenet_v1_100_224.timm"

@@ -21,10 +21,10 @@ import os
 import numpy as np
 
 from mobilenet_jax import weights
+from mobilenet_jax.commands import COMMAND_ERRORS, CommandParser, exit_for_command
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.export.exporters import FORMATS, export, uses_trained_ranges
 from mobilenet_jax.interop.preprocessing import check_size
-from mobilenet_jax.interop.pretrained import COMMAND_ERRORS, CommandParser, exit_for_command
 from mobilenet_jax.paths import to_path
 
 PROG = "python -m mobilenet_jax.export"

@@ -8,8 +8,7 @@ holding one, a published tarball or a frozen `.pb`; a Keras `.h5`; a timm `.safe
 `.pth`; a model file (`weights.save_model`, with the preprocessing it records beside it); or a
 finished training run's workdir. Each may be local or `gs://`. A published file name (or the
 published files in a folder) selects its registry entry, and with it the preprocessing the
-weights were evaluated with. The commands (classify, export) share their one-line ending of a
-user's mistake here too (`CommandParser`, `exit_for_command`).
+weights were evaluated with.
 
 Top-1 figures are the publishers' own (TF-Slim `mobilenet_v1.md`, keras.io, timm
 `results-imagenet.csv`), not measured by this project. The sha256 of three TF-Slim archives is
@@ -20,14 +19,12 @@ pinned from their publishers' build files (tensorflow `workspace2.bzl`, open_mod
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 import tarfile
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, NoReturn
+from typing import Any, Callable, NamedTuple
 
 from etils import epath
 
@@ -379,31 +376,6 @@ def load_pretrained(
     if recipe is None:
         raise NoPreprocessingError(os.fspath(name_or_path))
     return loaded._replace(preprocessing=recipe)
-
-
-# What the commands catch and print as one line: their users' mistakes, named by the code that
-# meets them (a KeyError names a missing weight; an ImportError a missing optional package).
-COMMAND_ERRORS = (ValueError, OSError, KeyError, ImportError)
-
-
-class CommandParser(argparse.ArgumentParser):
-    """The commands' flags: a flag that does not parse ends the command in one line on stderr,
-    exit status 2 (argparse's own status), without the usage text."""
-
-    def error(self, message: str) -> NoReturn:
-        """Print `message` as one line pointing to --help, and exit with status 2."""
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
-
-
-def exit_for_command(prog: str, error: Exception) -> NoReturn:
-    """End the command `prog` after a mistake in its use: `error` as one line on stderr (a
-    KeyError's text without the quotes its str() adds, a missing preprocessing with the commands'
-    flags), exit status 2."""
-    if isinstance(error, NoPreprocessingError):
-        error = error.on_command_line()
-    text = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    print(f"{prog}: error: {' '.join(str(text).split())}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def save_pretrained(path: str | os.PathLike, pretrained: Pretrained) -> None:
