@@ -23,7 +23,7 @@ from data_helpers import (
     train_iterator,
 )
 from mobilenet_jax import data
-from mobilenet_jax.data import sources
+from mobilenet_jax.data import image_check
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -254,7 +254,7 @@ def test_folder_check_names_every_bad_image(tmp_path):
 def test_a_refusal_names_the_first_bad_images_and_counts_the_rest(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "train")
     spoil_folder(tmp_path / "train")
-    monkeypatch.setattr(sources, "LISTED_BAD_IMAGES", 3)
+    monkeypatch.setattr(image_check, "LISTED_BAD_IMAGES", 3)
     with pytest.raises(ValueError) as error:
         data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
     assert str(error.value).count(f"{tmp_path / 'train'}/") == 3
