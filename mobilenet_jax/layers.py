@@ -16,16 +16,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.ops import backends
-from mobilenet_jax.ops.batch_norm import (  # noqa: F401  (batch_norm_act_train is public here)
-    BATCH_NORM_FNS,
-    batch_norm_act_train,
-    count_per_channel,
-    scale_and_shift,
-)
+from mobilenet_jax.ops.batch_norm import BATCH_NORM_FNS, count_per_channel, scale_and_shift
 from mobilenet_jax.ops.conv import STEM_FNS, channel_matmul, conv_padding
 from mobilenet_jax.ops.depthwise import DEPTHWISE_FNS
-from mobilenet_jax.ops.quantize import check_mode, fake_quant_input, fake_quant_kernel
+from mobilenet_jax.ops.quantize import QUANTIZATIONS, fake_quant_input, fake_quant_kernel
 
 Array = jax.Array
 Dtype = Any
@@ -38,9 +34,7 @@ INPUT_QUANTIZER = "input_quant"
 
 def activation_fn(name: str) -> Callable[[Array], Array]:
     """The activation function called `name` ("relu" or "relu6")."""
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {name!r}")
-    return ACTIVATIONS[name]
+    return ACTIVATIONS[check_choice("activation", name, tuple(ACTIVATIONS))]
 
 
 def identity(x: Array) -> Array:
@@ -50,7 +44,7 @@ def identity(x: Array) -> Array:
 
 def quantized_kernel(kernel: Array, quantization: str | None) -> Array:
     """`kernel` as a layer with `quantization` (None or "int8") computes with it."""
-    return kernel if check_mode(quantization) is None else fake_quant_kernel(kernel)
+    return kernel if check_choice("quantization", quantization, QUANTIZATIONS) is None else fake_quant_kernel(kernel)
 
 
 def int8_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, **kwargs) -> Array:
@@ -59,9 +53,17 @@ def int8_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, 
     return lax.dot_general(lhs, fake_quant_kernel(rhs), dimension_numbers, precision=precision, **kwargs)
 
 
-class DepthwiseConv(nn.Module):
-    """Bias-free depthwise convolution, kernel (kh, kw, 1, C) as in `nn.Conv` with groups = C."""
+class Conv(nn.Module):
+    """Bias-free k x k convolution with the kernel layout of `nn.Conv`, in one of three kinds.
 
+    A full convolution (`features` set) has kernel (k, k, C_in, features); at 1x1 and stride 1
+    (pointwise) it is computed as one GEMM. A depthwise one (`features=None`) has one filter per
+    input channel, kernel (k, k, 1, C), as `nn.Conv` with feature_group_count = C. `impl` picks
+    the form of a k x k full ("stem") or depthwise convolution (`ops.backends`); `padding` is a
+    convention of `ops.conv.conv_padding`; `quantization` one of `ops.quantize.QUANTIZATIONS`.
+    """
+
+    features: int | None = None
     kernel_size: int = 3
     stride: int = 1
     padding: str = "torch"
@@ -73,53 +75,16 @@ class DepthwiseConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        channels = x.shape[-1]
-        kernel = self.param(
-            "kernel", self.kernel_init, (self.kernel_size, self.kernel_size, 1, channels), self.param_dtype
-        )
+        k, s, depthwise = self.kernel_size, self.stride, self.features is None
+        shape = (k, k, 1, x.shape[-1]) if depthwise else (k, k, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         kernel = quantized_kernel(kernel, self.quantization)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        pad = conv_padding(x.shape[1:3], self.kernel_size, self.stride, self.padding)
-        return DEPTHWISE_FNS[backends.resolve("depthwise", self.impl)](x, kernel, self.stride, pad)
-
-
-class PointwiseConv(nn.Module):
-    """Bias-free 1x1 convolution, kernel (1, 1, C_in, C_out) as in `nn.Conv`, computed as one GEMM."""
-
-    features: int
-    quantization: str | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = _he_normal
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), self.param_dtype)
-        kernel = quantized_kernel(kernel, self.quantization)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
-        return channel_matmul(x, kernel[0, 0])
-
-
-class StemConv(nn.Module):
-    """The full 3x3 stride-2 convolution on the input image, kernel (3, 3, C_in, C_out)."""
-
-    features: int
-    stride: int = 2
-    kernel_size: int = 3
-    padding: str = "torch"
-    impl: str = "auto"
-    quantization: str | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Callable = _he_normal
-
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        k, s = self.kernel_size, self.stride
-        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), self.param_dtype)
-        kernel = quantized_kernel(kernel, self.quantization)
-        x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+        if not depthwise and k == s == 1:
+            return channel_matmul(x, kernel[0, 0])
         pad = conv_padding(x.shape[1:3], k, s, self.padding)
+        if depthwise:
+            return DEPTHWISE_FNS[backends.resolve("depthwise", self.impl)](x, kernel, s, pad)
         return STEM_FNS[backends.resolve("stem", self.impl)](x, kernel, s, pad)
 
 

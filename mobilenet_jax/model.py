@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 
 from mobilenet_jax import layers
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.ops import backends
-from mobilenet_jax.ops.conv import check_padding
-from mobilenet_jax.ops.quantize import check_mode
+from mobilenet_jax.ops.conv import PADDINGS
+from mobilenet_jax.ops.quantize import QUANTIZATIONS
 
 Array = jax.Array
 
@@ -52,20 +53,11 @@ class MobileNetV1(nn.Module):
     With `return_endpoints=True` the call returns `(output, endpoints)`, endpoints mapping
     "stride_2" ... "stride_32" to the last feature map at that output stride, for backbones.
 
-    `quantization="int8"` makes the model quantization-aware: it computes what the int8 model of
-    `export.quantize` computes. Every convolution kernel (stem, depthwise, pointwise) and the
-    classifier kernel is rounded onto its symmetric per-output-channel 127-level grid, and the
-    input of each of those layers onto the 8-bit grid of a range tracked in `batch_stats`
-    (`layers.InputQuantizer`: the image signed, ReLU outputs on [0, max]), with straight-through
-    gradients. Rounding the BatchNorm-free kernel in training is rounding the folded kernel at
-    export: folding multiplies output channel c by s_c = gamma_c / sqrt(var_c + eps), which
-    scales that channel's max |w| and hence its quantization step by |s_c|, so the integers
-    become sign(s_c) times the same integers (round-half-to-even is odd-symmetric) and the
-    dequantized folded kernel is s_c times the dequantized trained one, up to float rounding
-    (`export.quantize` takes the integers from the trained kernel, so they are exactly these).
-    The kernel forms and the variables are those of the float model, plus the ranges. The
-    rounding is computed in float32; with `dtype=bfloat16` the rounded values are cast back, so
-    the int8 model is matched exactly only by float32 computation.
+    `quantization="int8"` makes the model quantization-aware: every convolution and classifier
+    kernel is rounded onto its per-output-channel int8 grid, and every such layer's input onto
+    the 8-bit grid of a range tracked in `batch_stats` (`layers.InputQuantizer`), with
+    straight-through gradients, so that it computes what `export.quantize`'s int8 model computes
+    (docs/model.md). The variables are those of the float model, plus the ranges.
     """
 
     num_classes: int = 1000
@@ -104,12 +96,11 @@ class MobileNetV1(nn.Module):
             raise ValueError(
                 f"bn_momentum must be in [0, 1) (Flax convention: 1 - PyTorch momentum), got {self.bn_momentum}"
             )
-        layers.activation_fn(self.activation)
-        check_padding(self.padding)
-        backends.check_form("depthwise_impl", self.depthwise_impl, backends.DEPTHWISE_FORMS)
-        backends.check_form("batch_norm_impl", self.batch_norm_impl, backends.BATCH_NORM_FORMS)
-        backends.check_form("stem_impl", self.stem_impl, backends.STEM_FORMS)
-        check_mode(self.quantization)
+        check_choice("activation", self.activation, tuple(layers.ACTIVATIONS))
+        check_choice("padding", self.padding, PADDINGS)
+        for operation, impls in backends.IMPLS.items():
+            check_choice(f"{operation}_impl", getattr(self, f"{operation}_impl"), impls)
+        check_choice("quantization", self.quantization, QUANTIZATIONS)
         super().__post_init__()
 
     @property
@@ -138,19 +129,10 @@ class MobileNetV1(nn.Module):
             if self.quantization
             else None
         )
-        stem = functools.partial(
-            layers.StemConv,
-            features=width(STEM_CHANNELS),
-            padding=self.padding,
-            impl=self.stem_impl,
-            **quantized,
-            **precision,
-            **init,
-        )
-        depthwise = functools.partial(
-            layers.DepthwiseConv, padding=self.padding, impl=self.depthwise_impl, **quantized, **precision, **init
-        )
-        pointwise = functools.partial(layers.PointwiseConv, **quantized, **precision, **init)
+        conv = functools.partial(layers.Conv, padding=self.padding, **quantized, **precision, **init)
+        stem = functools.partial(conv, features=width(STEM_CHANNELS), stride=2, impl=self.stem_impl)
+        depthwise = functools.partial(conv, impl=self.depthwise_impl)
+        pointwise = functools.partial(conv, kernel_size=1)
 
         x = layers.ConvBNAct(stem, norm, activation, quantize_input, name="stem")(x, train)
         endpoints = {}
@@ -221,16 +203,9 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
-def create_model(name: str, pretrained: str | None = None, **kwargs: Any) -> Any:
+def create_model(name: str, **kwargs: Any) -> MobileNetV1:
     """A MobileNetV1 for the named variant; `kwargs` set any other field (num_classes, dtype...).
 
-    With `pretrained` ("tf_slim", "keras" or "timm") it returns `(model, variables)`: the model
-    with the fields those published weights need (`kwargs` may still set others, e.g. dtype)
-    and the converted variables (`mobilenet_jax.pretrained`; downloaded once, then cached).
+    Published weights come with their model: `mobilenet_jax.pretrained.load_pretrained`.
     """
-    if pretrained is None:
-        return MobileNetV1(alpha=get_variant(name).alpha, **kwargs)
-    from mobilenet_jax.interop.pretrained import load_pretrained  # frameworks load only when asked
-
-    loaded = load_pretrained(f"{name}.{pretrained}")
-    return loaded.model.clone(**kwargs), loaded.variables
+    return MobileNetV1(alpha=get_variant(name).alpha, **kwargs)

@@ -16,7 +16,7 @@ from references import rand, reference_batch_norm_act
 @pytest.mark.parametrize("padding", ["torch", "same"])
 def test_depthwise_module_shares_its_parameters_across_implementations(padding):
     x = rand(0, 2, 10, 10, 6)
-    make = lambda impl: layers.DepthwiseConv(stride=2, padding=padding, impl=impl)
+    make = lambda impl: layers.Conv(stride=2, padding=padding, impl=impl)
     variables = make("conv").init(jax.random.key(0), x)
     assert variables["params"]["kernel"].shape == (3, 3, 1, 6)
     np.testing.assert_allclose(make("conv").apply(variables, x), make("shifted").apply(variables, x), rtol=1e-5, atol=1e-5)
@@ -84,3 +84,8 @@ def test_train_mode_batchnorm_refuses_one_value_per_channel():
     variables = layers.BatchNorm().init(jax.random.key(0), x, train=False)
     with pytest.raises(ValueError, match=r"more than one value per channel, got input shape \(1, 1, 1, 3\)"):
         layers.BatchNorm().apply(variables, x, train=True, mutable=["batch_stats"])
+
+
+def test_an_unknown_quantization_is_refused_by_the_layers_with_the_choices():
+    with pytest.raises(ValueError, match=r"^quantization must be one of \(None, 'int8'\), got 'int4'"):
+        layers.Conv(features=4, quantization="int4").init(jax.random.key(0), rand(0, 1, 8, 8, 3))

@@ -113,9 +113,9 @@ def test_bfloat16_computation_keeps_float32_params_and_logits():
     [
         (dict(alpha=0.0), "alpha must be > 0, got 0.0"),
         (dict(alpha=-1), "alpha must be > 0, got -1"),
-        (dict(activation="gelu"), "activation must be one of"),
-        (dict(padding="valid"), "padding must be one of"),
-        (dict(depthwise_impl="fast"), "depthwise_impl must be one of"),
+        (dict(activation="gelu"), r"activation must be one of \('relu', 'relu6'\), got 'gelu'$"),
+        (dict(padding="valid"), r"padding must be one of \('torch', 'same'\), got 'valid'$"),
+        (dict(depthwise_impl="fast"), r"depthwise_impl must be one of \('auto', 'conv', 'shifted'\), got 'fast'$"),
         (dict(num_classes=-3), "num_classes must be >= 0"),
         (dict(dropout_rate=1.0), "dropout_rate must be in"),
         (dict(bn_momentum=1.5), "bn_momentum must be in"),

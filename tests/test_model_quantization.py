@@ -72,8 +72,8 @@ def test_synchronised_ranges_average_the_shards_ranges():
 
 
 FORMS = {
-    "depthwise": (lambda impl: layers.DepthwiseConv(stride=2, impl=impl, quantization="int8"), ("conv", "shifted"), 6),
-    "stem": (lambda impl: layers.StemConv(features=8, impl=impl, quantization="int8"), ("conv", "matmul"), 3),
+    "depthwise": (lambda impl: layers.Conv(stride=2, impl=impl, quantization="int8"), ("conv", "shifted"), 6),
+    "stem": (lambda impl: layers.Conv(features=8, stride=2, impl=impl, quantization="int8"), ("conv", "matmul"), 3),
 }
 
 

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from mobilenet_jax.layers import ACTIVATIONS
 from mobilenet_jax.ops.conv import conv_padding
 from mobilenet_jax.model import BLOCKS, MobileNetV1, check_input
 
@@ -26,7 +27,6 @@ Layer = Mapping[str, Any]
 ConvFn = Callable[[Layer, Array, int, int, str], Array]
 # dense(layer, features) -> logits: how the classifier is computed.
 DenseFn = Callable[[Layer, Array], Array]
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"relu": jax.nn.relu, "relu6": jax.nn.relu6}
 
 
 def fold_batchnorm(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[str, Any]:

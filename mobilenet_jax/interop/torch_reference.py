@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, scaled_channels
-from mobilenet_jax.ops.conv import check_padding, conv_padding
+from mobilenet_jax.ops.conv import PADDINGS, conv_padding
 
 TORCH_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
@@ -73,10 +74,9 @@ class TorchMobileNetV1(nn.Module):
         bn_epsilon: float = 1e-5,
     ):
         super().__init__()
-        if activation not in TORCH_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(TORCH_ACTIVATIONS)}, got {activation!r}")
+        check_choice("activation", activation, tuple(TORCH_ACTIVATIONS))
         layer = functools.partial(
-            ConvBNAct, activation=activation, padding=check_padding(padding), bn_epsilon=bn_epsilon
+            ConvBNAct, activation=activation, padding=check_choice("padding", padding, PADDINGS), bn_epsilon=bn_epsilon
         )
         channels = scaled_channels(STEM_CHANNELS, alpha, min_depth)
         self.stem = layer(3, channels, 3, 2, 1)

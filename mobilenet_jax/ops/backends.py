@@ -15,9 +15,17 @@ import dataclasses
 
 import jax
 
+from mobilenet_jax.choices import check_choice
+
 DEPTHWISE_FORMS = ("conv", "shifted")
 BATCH_NORM_FORMS = ("autodiff", "fused")
 STEM_FORMS = ("conv", "matmul")
+# What a model's `<operation>_impl` field may be: "auto" or one of the operation's forms.
+IMPLS = {
+    "depthwise": ("auto", *DEPTHWISE_FORMS),
+    "batch_norm": ("auto", *BATCH_NORM_FORMS),
+    "stem": ("auto", *STEM_FORMS),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,17 +65,9 @@ def kernel_defaults(backend: str | None = None) -> KernelDefaults:
     return BACKEND_DEFAULTS.get(backend or jax.default_backend(), CANONICAL)
 
 
-def check_form(field: str, value: str, forms: tuple[str, ...]) -> str:
-    """`value` if it is "auto" or one of `forms`; else a ValueError naming the field and choices."""
-    if value != "auto" and value not in forms:
-        raise ValueError(f"{field} must be one of {('auto', *forms)}, got {value!r}")
-    return value
-
-
 def resolve(field: str, value: str, backend: str | None = None) -> str:
     """The form that `value` stands for: itself, or for "auto" the backend's default."""
-    forms = {"depthwise": DEPTHWISE_FORMS, "batch_norm": BATCH_NORM_FORMS, "stem": STEM_FORMS}[field]
-    check_form(f"{field}_impl", value, forms)
+    check_choice(f"{field}_impl", value, IMPLS[field])
     return getattr(kernel_defaults(backend), field) if value == "auto" else value
 
 

@@ -6,17 +6,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from mobilenet_jax.choices import check_choice
+
 Array = jax.Array
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 PADDINGS = ("torch", "same")
-
-
-def check_padding(padding: str) -> str:
-    """`padding` if it names a convention, else a ValueError listing them."""
-    if padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-    return padding
 
 
 def conv_padding(size: tuple[int, int], kernel: int, stride: int, padding: str) -> Padding:
@@ -26,7 +21,7 @@ def conv_padding(size: tuple[int, int], kernel: int, stride: int, padding: str) 
     TensorFlow's SAME rule: the total padding is split with the extra pixel at the end, so a
     stride-2 3x3 conv on an even size pads (0, 1).
     """
-    if check_padding(padding) == "torch":
+    if check_choice("padding", padding, PADDINGS) == "torch":
         return ((kernel // 2, kernel // 2),) * 2
 
     def same(n: int) -> tuple[int, int]:

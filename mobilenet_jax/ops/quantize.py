@@ -29,16 +29,10 @@ from jax import lax
 
 Array = jax.Array
 
-MODES = ("int8",)  # MobileNetV1.quantization: None (float) or one of these
+MODES = ("int8",)
+QUANTIZATIONS = (None, *MODES)  # what MobileNetV1.quantization may be: None (float) or a mode
 WEIGHT_LEVELS = 127  # a side: integers -127..127
 UNSIGNED_LEVELS = 255  # integers 0..255
-
-
-def check_mode(quantization: str | None) -> str | None:
-    """`quantization` if it is None or a known mode; else a ValueError naming the choices."""
-    if quantization is not None and quantization not in MODES:
-        raise ValueError(f"quantization must be one of {(None, *MODES)}, got {quantization!r}")
-    return quantization
 
 
 def _numpy_for(*arrays: Any) -> Any:

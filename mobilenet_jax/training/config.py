@@ -17,11 +17,12 @@ import ml_collections
 from absl import logging
 
 from mobilenet_jax import model as model_lib
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.data.spec import DataSpec
 from mobilenet_jax.ops.quantize import MODES as QUANTIZATION_MODES
 from mobilenet_jax.training import init as init_lib
 from mobilenet_jax.training.mesh import PARALLELISMS
-from mobilenet_jax.training.optim import REFERENCE_BATCH_SIZE, OptimizerSpec, check_choice
+from mobilenet_jax.training.optim import REFERENCE_BATCH_SIZE, OptimizerSpec
 from mobilenet_jax.training.step import StepOptions
 
 # MobileNetV1 fields that config.model must not set: Flax's own, the dataset's class count, and

@@ -19,10 +19,11 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.interop import pretrained
 from mobilenet_jax.interop.preprocessing import normalization_of
 from mobilenet_jax.model import is_activation_range
-from mobilenet_jax.training.optim import CLASSIFIER, check_choice
+from mobilenet_jax.training.optim import CLASSIFIER
 from mobilenet_jax.training.state import TrainState
 
 # MobileNetV1 fields that decide what the weights compute: fine-tuning takes them from the weights.

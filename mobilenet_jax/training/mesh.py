@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.training import step as steps
 from mobilenet_jax.training.state import TrainState
@@ -107,8 +108,7 @@ def make_parallel(kind: str, model: MobileNetV1, options: steps.StepOptions = st
     Build the train state from the returned `Parallel.model`. The train step donates its
     input state.
     """
-    if kind not in PARALLELISMS:
-        raise ValueError(f"unknown parallelism {kind!r}; set --config.parallelism to one of {list(PARALLELISMS)}")
+    check_choice("parallelism", kind, PARALLELISMS)
     train = functools.partial(steps.train_step, axis_name=AXIS, **dataclasses.asdict(options))
     evaluate = functools.partial(steps.eval_step, axis_name=AXIS, normalization=options.normalization)
     mesh = global_mesh()

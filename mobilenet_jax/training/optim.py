@@ -18,6 +18,8 @@ import optax
 from absl import logging
 from flax import traverse_util
 
+from mobilenet_jax.choices import check_choice
+
 OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 SCHEDULES = ("exponential", "cosine", "constant")
 # config.learning_rate is quoted per this many images and scaled linearly with the batch size.
@@ -90,12 +92,6 @@ class OptimizerSpec:
                 )
             if not 0 < self.lr_decay_rate <= 1:
                 raise ValueError(f"lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}; e.g. 0.94")
-
-
-def check_choice(field: str, value: Any, allowed: tuple[str, ...]) -> None:
-    """Raise a ValueError unless config field `field` has one of the `allowed` values."""
-    if value not in allowed:
-        raise ValueError(f"unknown {field} {value!r}; set --config.{field} to one of {list(allowed)}")
 
 
 def scaled_learning_rate(spec: OptimizerSpec) -> float:

@@ -62,8 +62,6 @@ def create_train_state(
     ema_decay: float = 0.0,
 ) -> TrainState:
     """A fresh state: `model` initialised on one `image_size` x `image_size` RGB image."""
-    if not 0.0 <= ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be in [0, 1) (0 disables the EMA), got {ema_decay}")
     variables = model.init(rng, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
     params, batch_stats = variables["params"], variables["batch_stats"]
     return TrainState(

@@ -9,9 +9,9 @@ from flax import traverse_util
 
 from mobilenet_jax.export import check, int8_inference_fn
 from mobilenet_jax.export import quantize as int8
-from mobilenet_jax.export.folding import ACTIVATIONS
 from mobilenet_jax.export.stablehlo import export_stablehlo, load_stablehlo
 from mobilenet_jax.inference import predict
+from mobilenet_jax.layers import ACTIVATIONS
 from mobilenet_jax.model import BLOCKS
 from mobilenet_jax.ops import backends
 from mobilenet_jax.ops.quantize import kernel_scale

@@ -294,13 +294,3 @@ def test_a_workdir_without_its_model_file_says_how_to_get_it(tmp_path):
     )):
         pretrained.resolve_weights(str(tmp_path))
 
-
-def test_create_model_with_pretrained_gives_the_converted_model(timm_entry, monkeypatch):
-    entry, local = timm_entry
-    named = dataclasses.replace(entry, name="mobilenet_v1_025_128.timm")
-    monkeypatch.setitem(pretrained.REGISTRY, named.name, named)
-    from mobilenet_jax import create_model
-
-    model, variables = create_model("mobilenet_v1_025_128", pretrained="timm", dtype="bfloat16")
-    assert model == from_timm(local).model().clone(dtype="bfloat16")
-    np.testing.assert_equal(flatten_dict(variables), flatten_dict(from_timm(local).variables))

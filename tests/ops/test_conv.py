@@ -23,7 +23,7 @@ def test_padding_conventions_differ_where_documented():
 @pytest.mark.parametrize("size", [(32, 32), (33, 40)])
 def test_stem_forms_equal_a_full_convolution(impl, padding, size):
     x = rand(0, 2, *size, 3)
-    stem = layers.StemConv(features=8, padding=padding, impl=impl)
+    stem = layers.Conv(features=8, stride=2, padding=padding, impl=impl)
     variables = stem.init(jax.random.key(0), x)
     kernel = variables["params"]["kernel"]
     assert kernel.shape == (3, 3, 3, 8)
@@ -33,7 +33,7 @@ def test_stem_forms_equal_a_full_convolution(impl, padding, size):
 
 def test_pointwise_matmul_equals_a_1x1_convolution():
     x = rand(0, 2, 5, 5, 6)
-    pointwise = layers.PointwiseConv(features=7)
+    pointwise = layers.Conv(features=7, kernel_size=1)
     variables = pointwise.init(jax.random.key(0), x)
     kernel = variables["params"]["kernel"]
     assert kernel.shape == (1, 1, 6, 7)

@@ -69,7 +69,3 @@ def test_kernel_quantization_commutes_with_per_channel_factors_of_either_sign():
         rtol=1e-6, atol=1e-6 * np.abs(folded).max(),
     )
 
-
-def test_unknown_quantization_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match=r"quantization must be one of \(None, 'int8'\), got 'int4'"):
-        quantize.check_mode("int4")
