@@ -196,20 +196,19 @@ class ConvBNAct(nn.Module):
 
 
 class DepthwiseSeparable(nn.Module):
-    """Depthwise 3x3 conv (carrying the stride), then pointwise 1x1 conv, each with BN + act."""
+    """Depthwise 3x3 conv (carrying the stride), then pointwise 1x1 conv, each a `unit`.
+
+    `unit` makes a `ConvBNAct` of a convolution factory: its norm, activation and input
+    quantizer are set already.
+    """
 
     features: int
     stride: int
     depthwise: Callable[..., nn.Module]
     pointwise: Callable[..., nn.Module]
-    norm: Callable[..., nn.Module]
-    activation: Callable[[Array], Array]
-    quantize_input: Callable[..., nn.Module] | None = None
+    unit: Callable[..., nn.Module]
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        unit = functools.partial(
-            ConvBNAct, norm=self.norm, activation=self.activation, quantize_input=self.quantize_input
-        )
-        x = unit(functools.partial(self.depthwise, stride=self.stride), name="depthwise")(x, train)
-        return unit(functools.partial(self.pointwise, features=self.features), name="pointwise")(x, train)
+        x = self.unit(functools.partial(self.depthwise, stride=self.stride), name="depthwise")(x, train)
+        return self.unit(functools.partial(self.pointwise, features=self.features), name="pointwise")(x, train)

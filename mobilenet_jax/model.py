@@ -123,22 +123,22 @@ class MobileNetV1(nn.Module):
             **precision,
         )
         activation = layers.activation_fn(self.activation)
-        quantized = dict(quantization=self.quantization)
         quantize_input = (
             functools.partial(layers.InputQuantizer, momentum=self.bn_momentum, axis_name=self.bn_axis_name)
             if self.quantization
             else None
         )
-        conv = functools.partial(layers.Conv, padding=self.padding, **quantized, **precision, **init)
+        unit = functools.partial(layers.ConvBNAct, norm=norm, activation=activation, quantize_input=quantize_input)
+        conv = functools.partial(layers.Conv, padding=self.padding, quantization=self.quantization, **precision, **init)
         stem = functools.partial(conv, features=width(STEM_CHANNELS), stride=2, impl=self.stem_impl)
         depthwise = functools.partial(conv, impl=self.depthwise_impl)
         pointwise = functools.partial(conv, kernel_size=1)
 
-        x = layers.ConvBNAct(stem, norm, activation, quantize_input, name="stem")(x, train)
+        x = unit(stem, name="stem")(x, train)
         endpoints = {}
         for index, (channels, stride) in enumerate(BLOCKS, start=1):
             x = layers.DepthwiseSeparable(
-                width(channels), stride, depthwise, pointwise, norm, activation, quantize_input, name=f"block{index}"
+                width(channels), stride, depthwise, pointwise, unit, name=f"block{index}"
             )(x, train)
             endpoints.update({name: x for name, block in ENDPOINT_BLOCKS.items() if block == index})
 
