@@ -7,7 +7,7 @@
    ship: random crops of each photograph (its class), resized to ImageNet's sizes (mostly
    500x375 and 375x500), with optional sensor-like grain (`--grain`) so the files carry
    ImageNet's bytes per pixel, encoded by PIL at quality 90 (4:2:0). Prints their mean size.
-2. Times `mobilenet_jax.data.create_train_iterator` on it (TFRecord read, shuffle, crop fused
+2. Times `mobilenet_jax.data.pipeline.create_train_iterator` on it (TFRecord read, shuffle, crop fused
    with JPEG decoding, antialiased resize, flip, batch, numpy) for each code tree in `--trees`
    (git revisions exported with `git archive`, or `.` for the working tree) on one core and on
    all cores. Each contender runs in a process of its own, pinned with `taskset`, which is
@@ -186,10 +186,11 @@ def dataset_stats(data_dir: pathlib.Path) -> dict[str, Any]:
 def measure_pipeline(data_dir: str, image_size: int, batch: int, warmup: int, batches: int) -> dict[str, Any]:
     """Images/s of the training iterator of the importable `mobilenet_jax`, after `warmup` (>= 1) batches."""
     import mobilenet_jax
-    from mobilenet_jax import data
+    from mobilenet_jax.data.pipeline import create_train_iterator
+    from mobilenet_jax.data.spec import DataSpec
 
-    spec = data.DataSpec(dataset=DATASET, data_dir=data_dir, image_size=image_size, batch_size=batch)
-    iterator = data.create_train_iterator(spec, seed=0, process_index=0, process_count=1)
+    spec = DataSpec(dataset=DATASET, data_dir=data_dir, image_size=image_size, batch_size=batch)
+    iterator = create_train_iterator(spec, seed=0, process_index=0, process_count=1)
     first = next(iterator)
     for _ in range(warmup - 1):
         next(iterator)

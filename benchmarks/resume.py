@@ -24,13 +24,14 @@ from benchmarks.input_pipeline import REPO, build_dataset, dataset_dir, machine_
 
 def first_batch(data_dir: str, start_step: int, batch: int, shuffle_buffer: int) -> dict[str, float]:
     """Seconds and MB read from building the iterator at `start_step` to its first batch."""
-    from mobilenet_jax import data
+    from mobilenet_jax.data import pipeline, sources
+    from mobilenet_jax.data.spec import DataSpec
 
-    spec = data.DataSpec(dataset="imagenet_like_photos", data_dir=data_dir, image_size=224, batch_size=batch,
-                         shuffle_buffer=shuffle_buffer)
-    source = data.open_source(spec)
+    spec = DataSpec(dataset="imagenet_like_photos", data_dir=data_dir, image_size=224, batch_size=batch,
+                    shuffle_buffer=shuffle_buffer)
+    source = sources.open_source(spec)
     before, clock = _bytes_read(), time.perf_counter()
-    next(data.train_batches(source, spec, seed=0, process_index=0, process_count=1, start_step=start_step))
+    next(pipeline.train_batches(source, spec, seed=0, process_index=0, process_count=1, start_step=start_step))
     return {"seconds": time.perf_counter() - clock, "mb_read": (_bytes_read() - before) / 1e6}
 
 

@@ -1,7 +1,7 @@
 """Parameter and mult-add counts of any MobileNet v1 variant, and the paper's table.
 
-`python -m mobilenet_jax.counts` (or `python -m mobilenet_jax.profile`) prints the 16 variants of the paper (1001 classes, as the
-paper counts) beside the figures the paper reports.
+`python -m mobilenet_jax.counts` prints the 16 variants of the paper (1001 classes, as the paper
+counts) beside the figures the paper reports.
 """
 
 from __future__ import annotations

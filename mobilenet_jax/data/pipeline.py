@@ -40,7 +40,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mobilenet_jax.data.preprocess import as_pixels, preprocess_for_eval, preprocess_for_train
-from mobilenet_jax.data.sources import Part, Source, open_source
+from mobilenet_jax.data.protocol import Part, Source
+from mobilenet_jax.data.sources import open_source
 from mobilenet_jax.data.spec import DatasetInfo, DataSpec
 
 Batch = dict[str, np.ndarray]

@@ -20,7 +20,7 @@ from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.paths import to_path
 
 if TYPE_CHECKING:
-    from mobilenet_jax.data.sources import Settings, Source
+    from mobilenet_jax.data.protocol import Settings, Source
 
 CALIBRATION_IMAGES = 256
 BATCH_SIZE = 32
@@ -30,11 +30,11 @@ DATA_DIR_FLAG = "--data-dir"
 
 def _open(dataset: str, flag: str, deployable: Deployable, data_dir: str | None) -> tuple[Source, DataSpec]:
     """The dataset named in `flag`, opened for the deployable's size, with every error naming `flag`."""
-    from mobilenet_jax import data  # TensorFlow, imported on use
+    from mobilenet_jax.data import protocol, sources  # TensorFlow, imported on use
 
-    settings = data.Settings.from_flags(flag, DATA_DIR_FLAG)
+    settings = protocol.Settings.from_flags(flag, DATA_DIR_FLAG)
     spec = _spec(dataset, settings, deployable, data_dir)
-    return data.open_source(spec, settings), spec
+    return sources.open_source(spec, settings), spec
 
 
 def _spec(dataset: str, settings: Settings, deployable: Deployable, data_dir: str | None) -> DataSpec:
@@ -73,12 +73,12 @@ def calibration_images(
 ) -> list[np.ndarray]:
     """`count` training images (as batches), augmented and normalised as in training: a
     representative dataset. Errors name `flag`, the setting `dataset` came from."""
-    from mobilenet_jax import data  # TensorFlow, imported on use
+    from mobilenet_jax.data import pipeline, preprocess  # TensorFlow, imported on use
 
     source, spec = _open(dataset, flag, deployable, data_dir)
-    batches = data.train_batches(source, spec, seed=SEED, process_index=0, process_count=1)
+    batches = pipeline.train_batches(source, spec, seed=SEED, process_index=0, process_count=1)
     chosen = itertools.islice(batches, -(-count // BATCH_SIZE))
-    return [data.normalize_images(batch["image"], deployable.normalization) for batch in chosen]
+    return [preprocess.normalize_images(batch["image"], deployable.normalization) for batch in chosen]
 
 
 def eval_examples(
@@ -86,10 +86,10 @@ def eval_examples(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(normalised images, labels) of every example of the eval split once, without padding.
     Errors name `flag`, the setting `dataset` came from."""
-    from mobilenet_jax import data  # TensorFlow, imported on use
+    from mobilenet_jax.data import pipeline, preprocess  # TensorFlow, imported on use
 
     source, spec = _open(dataset, flag, deployable, data_dir)
-    for batch in data.eval_batches(source, spec, process_index=0, process_count=1):
+    for batch in pipeline.eval_batches(source, spec, process_index=0, process_count=1):
         mask = batch["mask"]
         if mask.any():
-            yield data.normalize_images(batch["image"][mask], deployable.normalization), batch["label"][mask]
+            yield preprocess.normalize_images(batch["image"][mask], deployable.normalization), batch["label"][mask]

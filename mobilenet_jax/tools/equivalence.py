@@ -1,8 +1,8 @@
 """Measured agreement between MobileNetV1 and the PyTorch reference on random weights.
 
-`python -m mobilenet_jax.tools.equivalence` (or `python -m mobilenet_jax.equivalence`) prints the table quoted in docs/equivalence.md. Every check draws
-random weights with perturbed BatchNorm statistics, converts them with `torch_to_flax`, and
-compares float32 results. Needs the `torch` extra.
+`python -m mobilenet_jax.tools.equivalence` prints the table quoted in docs/equivalence.md. Every
+check draws random weights with perturbed BatchNorm statistics, converts them with
+`torch_to_flax`, and compares float32 results. Needs the `torch` extra.
 """
 
 from __future__ import annotations

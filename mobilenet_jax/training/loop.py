@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from mobilenet_jax import data, weights
+from mobilenet_jax import weights
+from mobilenet_jax.data.spec import DataSpec
 from mobilenet_jax.interop.preprocessing import Preprocessing, for_run
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
@@ -43,13 +44,15 @@ class ExportError(OSError):
     """A finished run's model could not be written at export_path; the workdir holds it."""
 
 
-def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: data.DataSpec) -> dict[str, float]:
+def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: DataSpec) -> dict[str, float]:
     """Top-1, top-5 and loss over every example of the eval split, each counted exactly once.
 
     With an EMA, `eval_accuracy`, `eval_top5` and `eval_loss` are the EMA variables' and
     `eval_accuracy_raw`, `eval_top5_raw` and `eval_loss_raw` the raw ones'.
     """
-    batches = data.eval_batches(source, spec, process_index=jax.process_index(), process_count=jax.process_count())
+    from mobilenet_jax.data import pipeline  # TensorFlow, imported on use
+
+    batches = pipeline.eval_batches(source, spec, process_index=jax.process_index(), process_count=jax.process_count())
     totals = None
     with DevicePrefetch(batches, runner.put_batch) as device_batches:
         for batch in device_batches:
@@ -141,7 +144,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mesh.check_batch_size(experiment.data.eval_batch_size, "eval_batch_size")
     loop = experiment.loop
     _check_workdir(workdir)
-    source = data.open_source(experiment.data)
+    from mobilenet_jax.data import pipeline, sources  # TensorFlow, once the config and workdir pass
+
+    source = sources.open_source(experiment.data)
     steps_per_epoch = source.info.num_train_examples // experiment.data.batch_size
     if steps_per_epoch < 1:
         raise ValueError(
@@ -185,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
         writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
         try:
-            batches = data.train_batches(
+            batches = pipeline.train_batches(
                 source,
                 experiment.data,
                 seed=loop.seed,

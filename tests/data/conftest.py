@@ -6,11 +6,11 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_helpers import SHARDED_FILES, SHARDED_TRAIN, make_spec, smooth_image
-from mobilenet_jax import data
+from mobilenet_jax.data.spec import DataSpec
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_labelled_dir) -> data.DataSpec:
+def tiny(tiny_labelled_dir) -> DataSpec:
     """A config for TinyLabelled (tests/tfds_builders.py), prepared in a temporary data_dir."""
     return make_spec(dataset="tiny_labelled", data_dir=tiny_labelled_dir, batch_size=4, eval_batch_size=4)
 
@@ -46,7 +46,7 @@ class TinyTrainOnly(TinySharded):
     SPLITS = ("train",)
 
 
-def prepare_sharded(builder_class: type, data_dir: str) -> data.DataSpec:
+def prepare_sharded(builder_class: type, data_dir: str) -> DataSpec:
     """A config for a TinySharded-like builder prepared in `data_dir` in SHARDED_FILES files, with
     a shuffle buffer far smaller than one epoch."""
     config = tfds.download.DownloadConfig(num_shards=SHARDED_FILES)
@@ -55,12 +55,12 @@ def prepare_sharded(builder_class: type, data_dir: str) -> data.DataSpec:
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory) -> data.DataSpec:
+def sharded(tmp_path_factory) -> DataSpec:
     """A config for TinySharded."""
     return prepare_sharded(TinySharded, str(tmp_path_factory.mktemp("sharded")))
 
 
 @pytest.fixture(scope="module")
-def train_only(tmp_path_factory) -> data.DataSpec:
+def train_only(tmp_path_factory) -> DataSpec:
     """A config for TinyTrainOnly."""
     return prepare_sharded(TinyTrainOnly, str(tmp_path_factory.mktemp("train_only")))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobilenet_jax import data
+from mobilenet_jax.data.pipeline import create_eval_iterator, create_train_iterator
+from mobilenet_jax.data.spec import DataSpec
 from tfds_builders import TINY_EVAL, TINY_TRAIN, smooth_image  # noqa: F401 (the data tests import them from here)
 
 SIZE = 32
@@ -12,7 +13,7 @@ MOCK_EXAMPLES = 10  # mock_data yields this many examples for every split
 SHARDED_TRAIN, SHARDED_FILES = 320, 64  # TinySharded: 5 examples a file
 
 
-def make_spec(**overrides) -> data.DataSpec:
+def make_spec(**overrides) -> DataSpec:
     """A small spec on the offline digits; keyword arguments replace fields."""
     fields = dict(
         dataset="digits",
@@ -23,7 +24,7 @@ def make_spec(**overrides) -> data.DataSpec:
         shuffle_buffer=64,
         prefetch=2,
     )
-    return data.DataSpec(**{**fields, **overrides})
+    return DataSpec(**{**fields, **overrides})
 
 
 def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
@@ -31,15 +32,15 @@ def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
     return [next(iterator) for _ in range(count)]
 
 
-def train_iterator(spec: data.DataSpec, seed: int = 0, start_step: int = 0):
+def train_iterator(spec: DataSpec, seed: int = 0, start_step: int = 0):
     """The single-process training iterator of `spec`."""
-    return data.create_train_iterator(spec, seed=seed, process_index=0, process_count=1, start_step=start_step)
+    return create_train_iterator(spec, seed=seed, process_index=0, process_count=1, start_step=start_step)
 
 
 def eval_pass(config, process_index: int = 0, process_count: int = 1):
     """All batches of one eval pass."""
     return list(
-        data.create_eval_iterator(config, process_index=process_index, process_count=process_count)
+        create_eval_iterator(config, process_index=process_index, process_count=process_count)
     )
 
 

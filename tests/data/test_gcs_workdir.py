@@ -118,7 +118,8 @@ def test_gs_image_folder_is_scanned_checked_and_read(tmp_path, monkeypatch):
         import numpy as np
         import tensorflow as tf
 
-        from mobilenet_jax import data
+        from mobilenet_jax.data.pipeline import create_train_iterator, get_dataset_info
+        from mobilenet_jax.data.spec import DataSpec
 
         root = f"gs://{BUCKET}/images"
         image = tf.io.encode_png(np.zeros((40, 40, 3), np.uint8)).numpy()
@@ -126,13 +127,13 @@ def test_gs_image_folder_is_scanned_checked_and_read(tmp_path, monkeypatch):
             for index in range(4):
                 tf.io.write_file(f"{root}/{label}/{index}.png", image)
         tf.io.write_file(f"{root}/dog/cut.png", image[:20])
-        spec = data.DataSpec(
+        spec = DataSpec(
             dataset="folder", folder_train_dir=root, image_size=32, batch_size=4, folder_eval_fraction=0.25
         )
         with pytest.raises(ValueError, match=f"{root}/dog/cut.png: Invalid PNG"):
-            data.get_dataset_info(spec)
+            get_dataset_info(spec)
         spec = dataclasses.replace(spec, skip_bad_images=True)
-        info = data.get_dataset_info(spec)
+        info = get_dataset_info(spec)
         assert (info.class_names, info.num_train_examples, info.num_eval_examples) == (("cat", "dog"), 6, 2)
-        batch = next(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1))
+        batch = next(create_train_iterator(spec, seed=0, process_index=0, process_count=1))
         assert batch["image"].shape == (4, 32, 32, 3)

@@ -25,18 +25,19 @@ from data_helpers import (
     train_iterator,
 )
 from tfds_builders import FakeImagenet
-from mobilenet_jax import data
+from mobilenet_jax.data.pipeline import create_train_iterator, get_dataset_info
+from mobilenet_jax.data.spec import DataSpec
 
 
 @pytest.fixture(scope="module")
-def imagenet(tmp_path_factory) -> data.DataSpec:
+def imagenet(tmp_path_factory) -> DataSpec:
     """A config for imagenet2012 prepared with MOCK_EXAMPLES random JPEGs of random sizes per split."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     FakeImagenet(examples=MOCK_EXAMPLES, data_dir=data_dir).download_and_prepare()
     return make_spec(dataset="imagenet2012", data_dir=data_dir, batch_size=4, eval_batch_size=4)
 
 
-def stored_labels(spec: data.DataSpec, split: str) -> list[int]:
+def stored_labels(spec: DataSpec, split: str) -> list[int]:
     """The labels of a split of the dataset of `spec`, in TFDS's reading order."""
     return [int(example["label"]) for example in tfds.load(spec.dataset, split=split, data_dir=spec.data_dir)]
 
@@ -49,13 +50,13 @@ def test_imagenet_serves_jpeg_bytes(imagenet):
 
 
 def test_imagenet_info(imagenet):
-    info = data.get_dataset_info(imagenet)
+    info = get_dataset_info(imagenet)
     assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (1000, 10, 10)
     assert len(info.class_names) == 1000 and info.class_names[0] == "n01440764"
 
 
 def test_imagenet_train_batches(imagenet):
-    batch = next(data.create_train_iterator(imagenet, seed=0, process_index=0, process_count=1))
+    batch = next(create_train_iterator(imagenet, seed=0, process_index=0, process_count=1))
     assert batch.keys() == {"image", "label"}
     assert batch["image"].shape == (4, SIZE, SIZE, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (4,) and batch["label"].dtype == np.int32
@@ -77,7 +78,7 @@ def test_imagenet_eval_pads_and_masks(imagenet):
 
 def test_imagenet_train_is_seeded(imagenet):
     def first_batches(seed: int) -> list[dict[str, np.ndarray]]:
-        iterator = data.create_train_iterator(imagenet, seed=seed, process_index=0, process_count=1)
+        iterator = create_train_iterator(imagenet, seed=seed, process_index=0, process_count=1)
         return take(iterator, 2)
 
     assert_same_batches(first_batches(0), first_batches(0))
@@ -89,7 +90,7 @@ def test_imagenet_augmentation_is_seeded(imagenet):
     imagenet = dataclasses.replace(imagenet, batch_size=MOCK_EXAMPLES)  # one batch is one epoch: the same images, reordered
 
     def epoch_by_label(seed: int) -> np.ndarray:
-        iterator = data.create_train_iterator(imagenet, seed=seed, process_index=0, process_count=1)
+        iterator = create_train_iterator(imagenet, seed=seed, process_index=0, process_count=1)
         batch = next(iterator)
         return batch["image"][np.argsort(batch["label"])]
 
@@ -99,7 +100,7 @@ def test_imagenet_augmentation_is_seeded(imagenet):
 
 
 def test_imagenet_epochs_are_permutations(imagenet):
-    iterator = data.create_train_iterator(imagenet, seed=0, process_index=0, process_count=1)
+    iterator = create_train_iterator(imagenet, seed=0, process_index=0, process_count=1)
     labels = np.concatenate([batch["label"] for batch in take(iterator, 5)])
     first, second = labels[:MOCK_EXAMPLES], labels[MOCK_EXAMPLES:]
     assert sorted(first) == sorted(second) == sorted(stored_labels(imagenet, "train"))
@@ -107,9 +108,9 @@ def test_imagenet_epochs_are_permutations(imagenet):
 
 
 def test_start_step_resumes_exactly(imagenet):
-    fresh = data.create_train_iterator(imagenet, seed=5, process_index=0, process_count=1)
+    fresh = create_train_iterator(imagenet, seed=5, process_index=0, process_count=1)
     expected = take(fresh, 6)[3:]  # steps 3..5 cover examples 12..23: epochs 1 and 2
-    resumed = data.create_train_iterator(
+    resumed = create_train_iterator(
         imagenet, seed=5, process_index=0, process_count=1, start_step=3
     )
     assert_same_batches(take(resumed, 3), expected)
@@ -118,7 +119,7 @@ def test_start_step_resumes_exactly(imagenet):
 def test_cache_keeps_the_stream_when_the_buffer_holds_the_share(imagenet):
     def batches(cache: bool) -> list[dict[str, np.ndarray]]:
         spec = dataclasses.replace(imagenet, cache=cache)
-        iterator = data.create_train_iterator(spec, seed=2, process_index=0, process_count=1)
+        iterator = create_train_iterator(spec, seed=2, process_index=0, process_count=1)
         return take(iterator, 4)  # two epochs: the second reads from the cache
 
     assert_same_batches(batches(True), batches(False))
@@ -144,12 +145,12 @@ def test_tfds_eval_sees_each_example_once_across_processes(tiny):
 def test_tfds_train_processes_read_disjoint_shares(tiny):
     epochs = []
     for index in range(2):
-        iterator = data.create_train_iterator(tiny, seed=0, process_index=index, process_count=2)
+        iterator = create_train_iterator(tiny, seed=0, process_index=index, process_count=2)
         epochs.append(np.concatenate([batch["label"] for batch in take(iterator, 3)]))
     assert sorted(np.concatenate(epochs)) == list(range(TINY_TRAIN))
 
 
-def train_labels(spec: data.DataSpec, steps: int, start_step: int = 0) -> np.ndarray:
+def train_labels(spec: DataSpec, steps: int, start_step: int = 0) -> np.ndarray:
     """Labels of `steps` training batches from `start_step`."""
     return np.concatenate([batch["label"] for batch in take(train_iterator(spec, start_step=start_step), steps)])
 

@@ -11,12 +11,12 @@ from data_helpers import (
     SIZE,
     smooth_image,
 )
-from mobilenet_jax import data
+from mobilenet_jax.data import preprocess
 
 
 def test_normalize_images_known_pixels():
     pixels = np.array([[[0, 0, 0], [255, 255, 255]]], np.uint8)
-    imagenet = data.normalize_images(pixels, "imagenet")
+    imagenet = preprocess.normalize_images(pixels, "imagenet")
     np.testing.assert_allclose(
         imagenet[0, 0], [-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225], rtol=1e-6
     )
@@ -25,12 +25,12 @@ def test_normalize_images_known_pixels():
     )
     for convention in ("inception", "half"):
         np.testing.assert_allclose(
-            data.normalize_images(pixels, convention)[0], [[-1] * 3, [1] * 3]
+            preprocess.normalize_images(pixels, convention)[0], [[-1] * 3, [1] * 3]
         )
-    assert data.normalize_images(np.full(3, 127.5), "inception").tolist() == [0, 0, 0]
-    assert data.normalize_images(pixels, "half").dtype == np.float32
+    assert preprocess.normalize_images(np.full(3, 127.5), "inception").tolist() == [0, 0, 0]
+    assert preprocess.normalize_images(pixels, "half").dtype == np.float32
     with pytest.raises(ValueError, match="normalization must be one of.*'caffe'"):
-        data.normalize_images(pixels, "caffe")
+        preprocess.normalize_images(pixels, "caffe")
 
 
 @pytest.mark.parametrize(
@@ -47,14 +47,14 @@ def test_preprocess_for_eval_is_the_center_crop(height, width, size, offset, sid
     encoded = tf.io.encode_jpeg(image, quality=95, chroma_downsampling=False)
     decoded = tf.io.decode_jpeg(encoded, channels=3)
     crop = decoded[offset[0] : offset[0] + side, offset[1] : offset[1] + side]
-    got = data.preprocess_for_eval(encoded, size).numpy()
+    got = preprocess.preprocess_for_eval(encoded, size).numpy()
     assert got.shape == (size, size, 3) and got.dtype == np.float32
     np.testing.assert_array_equal(got, resized(crop, size))
     # PNG goes through the full-decode branch and is lossless: compare with the raw pixels.
-    from_png = data.preprocess_for_eval(tf.io.encode_png(image), size)
+    from_png = preprocess.preprocess_for_eval(tf.io.encode_png(image), size)
     raw = image[offset[0] : offset[0] + side, offset[1] : offset[1] + side]
     np.testing.assert_array_equal(from_png.numpy(), resized(raw, size))
-    pixels = data.preprocess.as_pixels(got, "uint8").numpy()
+    pixels = preprocess.as_pixels(got, "uint8").numpy()
     assert pixels.dtype == np.uint8 and np.abs(pixels - got).max() <= 0.5  # rounded to nearest
 
 
@@ -67,7 +67,7 @@ def test_random_crop_window_stays_inside_and_in_range():
     shape = tf.constant([300, 400, 3])
     windows = np.array(
         [
-            data.preprocess._random_crop_window(shape, tf.constant([seed, 7]), 0.08, 224, 32).numpy()
+            preprocess._random_crop_window(shape, tf.constant([seed, 7]), 0.08, 224, 32).numpy()
             for seed in range(200)
         ]
     )
@@ -83,18 +83,18 @@ def test_random_crop_window_stays_inside_and_in_range():
 
 def test_preprocess_for_train_shape_determinism_and_flip():
     encoded = tf.io.encode_jpeg(smooth_image(300, 400))
-    first = data.preprocess_for_train(encoded, tf.constant([1, 2]), 96)
+    first = preprocess.preprocess_for_train(encoded, tf.constant([1, 2]), 96)
     assert first.shape == (96, 96, 3) and first.dtype == tf.float32
     np.testing.assert_array_equal(
-        first, data.preprocess_for_train(encoded, tf.constant([1, 2]), 96)
+        first, preprocess.preprocess_for_train(encoded, tf.constant([1, 2]), 96)
     )
-    assert not np.array_equal(first, data.preprocess_for_train(encoded, tf.constant([1, 3]), 96))
+    assert not np.array_equal(first, preprocess.preprocess_for_train(encoded, tf.constant([1, 3]), 96))
     # Dark left half, bright right half: a flip shows as a brighter left column.
     halves = np.zeros((64, 64, 3), np.uint8)
     halves[:, 32:] = 255
 
     def flipped(seed: int, flip: bool) -> bool:
-        out = data.preprocess_for_train(
+        out = preprocess.preprocess_for_train(
             tf.constant(halves), tf.constant([seed, 0]), SIZE, crop_min_area=0.9, flip=flip
         ).numpy()
         return bool(out[:, 0].mean() > out[:, -1].mean())

@@ -13,7 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from data_helpers import SHARDED_FILES, assert_same_batches, take
-from mobilenet_jax import data
+from mobilenet_jax.data.pipeline import create_train_iterator
 
 
 def labels_by_file(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, list[int]]:
@@ -57,7 +57,7 @@ def test_resume_reads_no_file_before_its_position(
     steps = builder.info.splits[share].num_examples // local_batch  # one epoch
 
     def batches(start_step: int) -> list[dict[str, np.ndarray]]:
-        iterator = data.create_train_iterator(
+        iterator = create_train_iterator(
             spec, seed=4, process_index=process_index, process_count=process_count, start_step=start_step
         )
         return take(iterator, 2 * steps - start_step)  # to the end of epoch 1

@@ -22,18 +22,19 @@ from data_helpers import (
     take,
     train_iterator,
 )
-from mobilenet_jax import data
 from mobilenet_jax.data import image_check
+from mobilenet_jax.data.digits import digits_arrays
+from mobilenet_jax.data.pipeline import create_eval_iterator, create_train_iterator, get_dataset_info
 
 
 def test_digits_split_is_fixed_and_stratified():
-    info = data.get_dataset_info(make_spec())
+    info = get_dataset_info(make_spec())
     assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
     assert info.num_classes == 10 and info.class_names == tuple("0123456789")
-    (train_images, _), (test_images, test_labels) = data.digits_arrays()
+    (train_images, _), (test_images, test_labels) = digits_arrays()
     assert np.bincount(test_labels).min() >= 35 and np.bincount(test_labels).max() <= 37
     train_keys = {
-        image.tobytes() + bytes([label]) for image, label in zip(*data.digits_arrays()[0])
+        image.tobytes() + bytes([label]) for image, label in zip(*digits_arrays()[0])
     }
     test_keys = {image.tobytes() + bytes([label]) for image, label in zip(test_images, test_labels)}
     assert not train_keys & test_keys
@@ -43,8 +44,8 @@ def test_digits_split_is_fixed_and_stratified():
 
 
 def test_digits_eval_batches_are_the_gray_pixels():
-    (_, _), (test_images, _) = data.digits_arrays()
-    pixels = next(data.create_eval_iterator(make_spec(), process_index=0, process_count=1))["image"]
+    (_, _), (test_images, _) = digits_arrays()
+    pixels = next(create_eval_iterator(make_spec(), process_index=0, process_count=1))["image"]
     assert pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])  # gray as RGB
     # Bilinear upsampling keeps the corner pixels of the 8x8 source exactly.
@@ -55,7 +56,7 @@ def test_digits_eval_batches_are_the_gray_pixels():
 
 def test_digits_train_batches():
     batches = take(
-        data.create_train_iterator(make_spec(), seed=0, process_index=0, process_count=1), 3
+        create_train_iterator(make_spec(), seed=0, process_index=0, process_count=1), 3
     )
     labels = np.concatenate([batch["label"] for batch in batches])
     assert batches[0]["image"].shape == (8, SIZE, SIZE, 3) and labels.dtype == np.int32
@@ -86,10 +87,10 @@ def test_folder_labels_follow_sorted_class_names(tmp_path):
     config = make_spec(
         dataset="folder", folder_train_dir=write_folder(tmp_path / "train"), batch_size=6
     )
-    info = data.get_dataset_info(config)
+    info = get_dataset_info(config)
     assert info.class_names == ("cat", "dog", "emu") and info.num_classes == 3
     assert (info.num_train_examples, info.num_eval_examples) == (9, 3)
-    batch = next(data.create_train_iterator(config, seed=0, process_index=0, process_count=1))
+    batch = next(create_train_iterator(config, seed=0, process_index=0, process_count=1))
     np.testing.assert_array_equal(colour_labels(batch), batch["label"])
     batches = eval_pass(config)
     assert sorted(real_labels(batches)) == [0, 1, 2]  # one held out per class
@@ -102,7 +103,7 @@ def test_folder_with_eval_dir(tmp_path):
         folder_train_dir=write_folder(tmp_path / "train"),
         folder_eval_dir=write_folder(tmp_path / "eval", per_class=2),
     )
-    info = data.get_dataset_info(config)
+    info = get_dataset_info(config)
     assert (info.num_train_examples, info.num_eval_examples) == (12, 6)
     assert real_labels(eval_pass(config)).tolist() == [0, 0, 1, 1, 2, 2]
 
@@ -110,11 +111,11 @@ def test_folder_with_eval_dir(tmp_path):
 def test_folder_errors(tmp_path):
     missing = str(tmp_path / "missing")
     with pytest.raises(ValueError, match="folder_train_dir=.*missing.*is not a folder"):
-        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=missing))
+        get_dataset_info(make_spec(dataset="folder", folder_train_dir=missing))
     root = write_folder(tmp_path / "train")
     (tmp_path / "train" / "fox").mkdir()
     with pytest.raises(ValueError, match="class folder .*fox.* has no"):
-        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
+        get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
 
 
 def test_folder_reads_class_folders_at_any_depth(tmp_path):
@@ -135,10 +136,10 @@ def test_folder_reads_class_folders_at_any_depth(tmp_path):
     (root / "cat" / ".trash" / "0.png").write_bytes(b"")
     (root / "dog" / "._0.jpg").write_bytes(b"\0\5\26\7")  # a macOS resource fork, undecodable
     spec = make_spec(dataset="folder", folder_train_dir=str(root), folder_eval_fraction=0.25, batch_size=9)
-    info = data.get_dataset_info(spec)
+    info = get_dataset_info(spec)
     assert info.class_names == ("cat", "dog", "emu")
     assert (info.num_train_examples, info.num_eval_examples) == (9, 3)
-    batch = next(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1))
+    batch = next(create_train_iterator(spec, seed=0, process_index=0, process_count=1))
     np.testing.assert_array_equal(colour_labels(batch), batch["label"])
     assert sorted(batch["label"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     (root / "fox" / "sub").mkdir(parents=True)
@@ -146,7 +147,7 @@ def test_folder_reads_class_folders_at_any_depth(tmp_path):
     (root / "fox" / ".0.png").write_bytes((root / "cat" / "2.png").read_bytes())
     message = "config.folder_train_dir: class folder .*fox' has no .jpg/.jpeg/.png images \\(searched recursively\\)"
     with pytest.raises(ValueError, match=message):
-        data.get_dataset_info(spec)
+        get_dataset_info(spec)
 
 
 @pytest.mark.parametrize(
@@ -164,29 +165,29 @@ def test_folder_reads_class_folders_at_any_depth(tmp_path):
 )
 def test_bad_config_raises(overrides, process_count, message):
     with pytest.raises(ValueError, match=message):
-        data.create_train_iterator(make_spec(**overrides), seed=0, process_index=0, process_count=process_count)
+        create_train_iterator(make_spec(**overrides), seed=0, process_index=0, process_count=process_count)
 
 
 def test_unprepared_tfds_dataset_raises(tmp_path):
     config = make_spec(dataset="cifar10", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match="'cifar10' is not prepared"):
-        data.get_dataset_info(config)
+        get_dataset_info(config)
 
 
 def test_bad_tfds_fields_raise(tiny):
     with pytest.raises(ValueError, match="split 'test' is not in tiny_labelled.*'validation'"):
-        data.get_dataset_info(dataclasses.replace(tiny, eval_split="test"))
+        get_dataset_info(dataclasses.replace(tiny, eval_split="test"))
     with pytest.raises(ValueError, match="crop_min_area must be in \\(0, 1\\], got 0.0"):
-        data.get_dataset_info(dataclasses.replace(tiny, crop_min_area=0.0))
+        get_dataset_info(dataclasses.replace(tiny, crop_min_area=0.0))
 
 
 def test_tfds_eval_split_is_the_one_the_dataset_has(tiny, sharded, train_only, caplog):
-    assert data.get_dataset_info(tiny).eval_split == "validation"
+    assert get_dataset_info(tiny).eval_split == "validation"
     assert "evaluating on" not in caplog.text
-    info = data.get_dataset_info(sharded)
+    info = get_dataset_info(sharded)
     assert (info.eval_split, info.num_train_examples, info.num_eval_examples) == ("test", SHARDED_TRAIN, SHARDED_FILES)
     assert "tiny_sharded has no 'validation' split: evaluating on 'test'" in caplog.text
-    info = data.get_dataset_info(train_only)
+    info = get_dataset_info(train_only)
     assert info.eval_split == "train[90%:]" and "evaluating on train[90%:], which training" in caplog.text
     assert (info.num_train_examples, info.num_eval_examples) == (SHARDED_TRAIN * 9 // 10, SHARDED_TRAIN // 10)
     held_out = real_labels(eval_pass(train_only))
@@ -195,7 +196,7 @@ def test_tfds_eval_split_is_the_one_the_dataset_has(tiny, sharded, train_only, c
     assert sorted([*held_out, *set(trained)]) == list(range(SHARDED_TRAIN))
     message = "no 'validation' or 'test' split to evaluate config.train_split='train\\[:50%\\]' on"
     with pytest.raises(ValueError, match=message):
-        data.get_dataset_info(dataclasses.replace(train_only, train_split="train[:50%]"))
+        get_dataset_info(dataclasses.replace(train_only, train_split="train[:50%]"))
 
 
 def blank_png(width: int, height: int) -> bytes:
@@ -243,7 +244,7 @@ def test_folder_check_names_every_bad_image(tmp_path):
     spec = make_spec(dataset="folder", folder_train_dir=root)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(ValueError) as error:
         warnings.simplefilter("always")
-        data.get_dataset_info(spec)
+        get_dataset_info(spec)
     assert not [warning for warning in caught if warning.category is Image.DecompressionBombWarning]
     message = str(error.value)
     assert message.startswith("config.folder_train_dir has 8 images that training cannot use (")
@@ -256,7 +257,7 @@ def test_a_refusal_names_the_first_bad_images_and_counts_the_rest(tmp_path, monk
     spoil_folder(tmp_path / "train")
     monkeypatch.setattr(image_check, "LISTED_BAD_IMAGES", 3)
     with pytest.raises(ValueError) as error:
-        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
+        get_dataset_info(make_spec(dataset="folder", folder_train_dir=root))
     assert str(error.value).count(f"{tmp_path / 'train'}/") == 3
     assert "; and 5 more); remove or fix them" in str(error.value)
 
@@ -265,11 +266,11 @@ def test_folder_skip_bad_images_leaves_them_out(tmp_path, caplog):
     root = write_folder(tmp_path / "train")
     bad = spoil_folder(tmp_path / "train")
     spec = make_spec(dataset="folder", folder_train_dir=root, skip_bad_images=True)
-    info = data.get_dataset_info(spec)
+    info = get_dataset_info(spec)
     assert (info.num_train_examples, info.num_eval_examples) == (9, 4)  # 12 + png_named.jpg
     assert "leaving out 8 images that training cannot use" in caplog.text
     assert all(name in caplog.text for name in bad)
-    batches = take(data.create_train_iterator(spec, seed=0, process_index=0, process_count=1), 3)
+    batches = take(create_train_iterator(spec, seed=0, process_index=0, process_count=1), 3)
     for batch in batches:  # every image is its class's colour: no bad file was read
         np.testing.assert_array_equal(colour_labels(batch), batch["label"])
 
@@ -279,11 +280,11 @@ def test_folder_refusals(tmp_path):
         make_spec(skip_bad_images=True)
     (tmp_path / "one" / "cat").mkdir(parents=True)
     with pytest.raises(ValueError, match="has 1 class sub-folders, a classifier needs at least 2"):
-        data.get_dataset_info(make_spec(dataset="folder", folder_train_dir=str(tmp_path / "one")))
+        get_dataset_info(make_spec(dataset="folder", folder_train_dir=str(tmp_path / "one")))
     root = write_folder(tmp_path / "train")
     for path in (tmp_path / "train" / "emu").iterdir():
         path.write_bytes(b"\x89PNG\r\n\x1a\n")
     spec = make_spec(dataset="folder", folder_train_dir=root, skip_bad_images=True)
     message = "class folder .*emu.* has no images training can use \\(all 4 are left out\\)"
     with pytest.raises(ValueError, match=message):
-        data.get_dataset_info(spec)
+        get_dataset_info(spec)

@@ -191,9 +191,9 @@ def test_command_line_recipe_and_overrides():
 
 
 def test_digits_config_fits_the_digits_dataset():
-    data = pytest.importorskip("mobilenet_jax.data")
+    pipeline = pytest.importorskip("mobilenet_jax.data.pipeline")
     config = config_gate.resolve_config(load("digits"))
-    info = data.get_dataset_info(config_gate.resolve(config).data)
+    info = pipeline.get_dataset_info(config_gate.resolve(config).data)
     assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
     assert config.eval_every_steps == info.num_train_examples // config.batch_size
     assert info.num_eval_examples % config.eval_batch_size == 0

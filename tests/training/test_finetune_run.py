@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobilenet_jax.data.sources import digits_arrays
+from mobilenet_jax.data.digits import digits_arrays
 from mobilenet_jax.training.metrics import read_metrics
 from tiny_runs import one_device_env, start_training
 

@@ -21,7 +21,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
-from mobilenet_jax import MobileNetV1, data, weights
+from mobilenet_jax import MobileNetV1, weights
+from mobilenet_jax.data.pipeline import create_train_iterator
 from mobilenet_jax.training import checkpoint
 from mobilenet_jax.training.metrics import read_metrics
 from tiny_runs import distributed_flags, finish, gloo_env, start_training, tiny_flags
@@ -53,7 +54,7 @@ def test_global_batches_do_not_depend_on_the_process_count():
     config.batch_size = 16
 
     def batches(index: int, count: int) -> list[dict[str, np.ndarray]]:
-        iterator = data.create_train_iterator(config, seed=3, process_index=index, process_count=count, start_step=88)
+        iterator = create_train_iterator(config, seed=3, process_index=index, process_count=count, start_step=88)
         return list(itertools.islice(iterator, 3))  # steps 89-91 cross the epoch boundary at 1,437
 
     whole, parts = batches(0, 1), [batches(index, 2) for index in range(2)]

@@ -24,7 +24,9 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from mobilenet_jax import data, weights
+from mobilenet_jax import weights
+from mobilenet_jax.data.pipeline import create_eval_iterator
+from mobilenet_jax.data.preprocess import normalize_images
 from mobilenet_jax.training import checkpoint
 from mobilenet_jax.training.metrics import read_metrics
 from mobilenet_jax.model import MobileNetV1
@@ -274,8 +276,8 @@ def test_eval_only_and_the_export_reproduce_the_final_evaluation(baseline, tmp_p
     with open(path + ".json") as f:
         model = MobileNetV1(**json.load(f))
     config = json.loads((baseline / checkpoint.CONFIG_FILE).read_text())
-    pixels = next(data.create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
-    images = data.normalize_images(pixels, config["normalization"])
+    pixels = next(create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
+    images = normalize_images(pixels, config["normalization"])
     apply = jax.jit(functools.partial(model.apply, train=False))
     logits = apply(weights.load_variables(path), images)
     state = restore(baseline)  # ema_decay is 0 in the digits config: the raw parameters are evaluated
