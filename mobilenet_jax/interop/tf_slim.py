@@ -105,6 +105,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return {name: reader.get_tensor(name) for name in model_tensor_names() if reader.has_tensor(name)}
 
 
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The shapes of the model's tensors (and shadows) in the TensorFlow checkpoint at `path`, from
+    its variable list: no values are read."""
+    import tensorflow as tf  # only this reader needs TensorFlow
+
+    wanted = set(model_tensor_names())
+    return {name: tuple(shape) for name, shape in tf.train.list_variables(checkpoint_prefix(path)) if name in wanted}
+
+
 def frozen_graph_in(folder: str | os.PathLike) -> Path | None:
     """The one `*_frozen.pb` under `folder`, or None if it holds none."""
     graphs = sorted(Path(folder).rglob(FROZEN_GRAPH_PATTERN))

@@ -109,8 +109,8 @@ def _held_unlogged(workdir: str, start: int) -> list[dict]:
 def _initial_state(
     experiment: Experiment, tx: optax.GradientTransformation, runner: mesh.Parallel, checkpoints: checkpoint.Checkpoints
 ) -> TrainState:
-    """A fresh state (from config.init_from's weights when set), or the latest checkpoint's, as
-    replicated global arrays."""
+    """A fresh state (from config.init_from's weights when set, read here once), or the latest
+    checkpoint's, as replicated global arrays (a resumed run reads no init_from weights)."""
 
     def fresh(rng: jax.Array, variables: dict[str, Any] | None) -> TrainState:
         state = create_train_state(rng, runner.model, tx, experiment.data.image_size, experiment.loop.ema_decay)
@@ -118,11 +118,10 @@ def _initial_state(
 
     # One compiled program: initialising op by op compiles hundreds of small ones.
     initialise = jax.jit(fresh, out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()))
-    initial = experiment.initial.variables if experiment.initial else None
+    resume = bool(checkpoints.all_steps())
+    initial = init.load_variables(experiment.config.init_from) if experiment.initial and not resume else None
     state = initialise(jax.random.key(experiment.loop.seed), initial)
-    if checkpoints.all_steps():
-        state = checkpoints.restore(state)
-    return state
+    return checkpoints.restore(state) if resume else state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
