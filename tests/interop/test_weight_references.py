@@ -194,6 +194,21 @@ def test_every_form_loads_in_every_entry_point(cases, form, entry_point):
         np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value), err_msg="/".join(path))
 
 
+@pytest.mark.parametrize("form", [form for form in FORMS if form != "slim frozen .pb"])  # lists no shapes
+def test_what_the_config_gate_reads_of_every_form_holds_no_arrays(cases, form, monkeypatch):
+    import safetensors.numpy
+
+    def refused(*args, **kwargs):
+        raise AssertionError("describing the weights downloaded them or read their arrays")
+
+    for owner, name in ((download, "fetch"), (weights, "load_variables"), (tf_slim, "read_checkpoint"),
+                        (tf_slim, "read_frozen_graph"), (safetensors.numpy, "load_file")):
+        monkeypatch.setattr(owner, name, refused)
+    described = init.describe(cases[form].reference)
+    assert described.fields["num_classes"] == cases[form].num_classes
+    assert described.normalization == cases[form].normalization and not described.activation_ranges
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("images") / "image.png")
