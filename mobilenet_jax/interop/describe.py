@@ -4,7 +4,7 @@ A registered name is described by its registry entry (nothing is downloaded); a 
 finished run's workdir by the fields and preprocessing recorded beside the model file; a TF-Slim
 checkpoint, a Keras `.h5` or a timm file by its tensors' shapes (the checkpoint's variable list,
 the HDF5 datasets, the safetensors header, a memory-mapped torch file). A frozen graph lists no
-shapes: it is read whole.
+shapes: it is read whole, once (`tf_slim.read_frozen_graph` keeps it for the conversion).
 """
 
 from __future__ import annotations

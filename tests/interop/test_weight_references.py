@@ -209,6 +209,14 @@ def test_what_the_config_gate_reads_of_every_form_holds_no_arrays(cases, form, m
     assert described.normalization == cases[form].normalization and not described.activation_ranges
 
 
+def test_a_frozen_graph_is_read_once_for_the_config_gate_and_the_run(cases):
+    reference = cases["slim frozen .pb"].reference
+    tf_slim._frozen_graph.cache_clear()
+    assert init.describe(reference).fields["num_classes"] == 1001
+    init.load_variables(reference)
+    assert tf_slim._frozen_graph.cache_info().misses == 1  # the file's one read
+
+
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("images") / "image.png")
