@@ -121,6 +121,14 @@ def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:
     Raises FileNotFoundError (or IsADirectoryError) naming `path` when it is no file, or when its
     fields are not beside it, and ValueError naming the file that cannot be read.
     """
+    return load_architecture(path), load_variables(path)
+
+
+def load_architecture(path: str) -> MobileNetV1:
+    """The model of the model file at `path`, from the fields beside it; its variables are not read.
+
+    Raises as `load_model` does for a path that is no model file or fields that build no model.
+    """
     model_path, fields_path = to_path(path), to_path(path + FIELDS_SUFFIX)
     if model_path.is_dir():
         inside = model_path / MODEL_FILE
@@ -134,7 +142,6 @@ def load_model(path: str) -> tuple[MobileNetV1, dict[str, Any]]:
             "weights.save_model; copy the .json with the file, or write the model again"
         )
     try:
-        model = MobileNetV1(**json.loads(fields_path.read_text()))
+        return MobileNetV1(**json.loads(fields_path.read_text()))
     except (ValueError, TypeError) as error:  # not JSON, not an object, or fields MobileNetV1 does not take
         raise ValueError(f"{fields_path} holds no model fields ({error}); write the model again") from error
-    return model, load_variables(path)

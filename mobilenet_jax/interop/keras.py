@@ -17,7 +17,7 @@ class in model order.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -66,11 +66,13 @@ def _structural_groups() -> dict[str, tuple[str, tuple[str, ...]]]:
     return groups
 
 
-def read_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Weights of a Keras MobileNet .h5 / .weights.h5 file as {"layer/weight": array}.
+def read_h5(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, Any]:
+    """Weights of a Keras MobileNet .h5 / .weights.h5 file as {"layer/weight": array}, or with
+    `shapes_only` their shapes (from the file's datasets: no values are read).
 
     Raises ValueError naming a file that is not HDF5 or holds no Keras weights.
     """
+    take = (lambda dataset: dataset.shape) if shapes_only else (lambda dataset: dataset[()])
     table = {}
     with _open_h5(path) as f:
         root = f["model_weights"] if "model_weights" in f else f
@@ -79,13 +81,13 @@ def read_h5(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 layer = layer.decode() if isinstance(layer, bytes) else str(layer)
                 for weight in root[layer].attrs.get("weight_names", []):
                     weight = weight.decode() if isinstance(weight, bytes) else str(weight)
-                    table[f"{layer}/{_short_name(weight)}"] = root[layer][weight][()]
+                    table[f"{layer}/{_short_name(weight)}"] = take(root[layer][weight])
         elif "layers" in root:
             for group, (layer, names) in _structural_groups().items():
                 stored = root["layers"].get(f"{group}/vars")
                 for i, name in enumerate(names):
                     if stored is not None and str(i) in stored:
-                        table[f"{layer}/{name}"] = stored[str(i)][()]
+                        table[f"{layer}/{name}"] = take(stored[str(i)])
         else:
             raise ValueError(
                 f"{path} is neither a Keras 2 weights file (no 'layer_names') nor a Keras 3 "
@@ -128,8 +130,9 @@ def read_model(model: Any) -> dict[str, np.ndarray]:
     }
 
 
-def from_keras(source: str | os.PathLike | Any) -> Converted:
-    """Flax variables and model fields from Keras MobileNet weights: a file path or a Keras model.
+def from_keras(source: str | os.PathLike | Mapping[str, Any] | Any) -> Converted:
+    """Flax variables and model fields from Keras MobileNet weights: a file path, a mapping
+    {"layer/weight": array} (as `read_h5` gives) or a Keras model.
 
     Alpha and the class count (0 for `include_top=False` weights) are inferred. The result
     reproduces Keras's logits (`classifier_activation=None`) at every input size for which
@@ -137,6 +140,8 @@ def from_keras(source: str | os.PathLike | Any) -> Converted:
     """
     if isinstance(source, (str, os.PathLike)):
         table, where = read_h5(source), str(source)
+    elif isinstance(source, Mapping):
+        table, where = source, "the mapping"
     else:
         table, where = read_model(source), f"Keras model {getattr(source, 'name', '')!r}"
 

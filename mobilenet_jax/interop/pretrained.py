@@ -2,24 +2,18 @@
 
 `resolve_weights(reference)` is the one function every command and the config use to turn a
 weights reference into a model, its variables and its preprocessing. A reference is a
-registered name (`REGISTRY`: downloaded once into the cache, `download.cache_dir()`, checked
-against its sha256 and converted); a TF-Slim checkpoint prefix, its `.index` file, a folder
-holding one, a published tarball or a frozen `.pb`; a Keras `.h5`; a timm `.safetensors` or
-`.pth`; a model file (`weights.save_model`, with the preprocessing it records beside it); or a
-finished training run's workdir. Each may be local or `gs://`. A published file name (or the
+registered name (`registry.REGISTRY`: downloaded once into the cache, `download.cache_dir()`,
+checked against its sha256 and converted); a TF-Slim checkpoint prefix, its `.index` file, a
+folder holding one, a published tarball or a frozen `.pb`; a Keras `.h5`; a timm `.safetensors`
+or `.pth`; a model file (`weights.save_model`, with the preprocessing it records beside it); or
+a finished training run's workdir. Each may be local or `gs://`. A published file name (or the
 published files in a folder) selects its registry entry, and with it the preprocessing the
-weights were evaluated with.
-
-Top-1 figures are the publishers' own (TF-Slim `mobilenet_v1.md`, keras.io, timm
-`results-imagenet.csv`), not measured by this project. The sha256 of three TF-Slim archives is
-pinned from their publishers' build files (tensorflow `workspace2.bzl`, open_model_zoo
-`model.yml`); for every other file the first download's digest is recorded and enforced.
+weights were evaluated with. `locate(reference)` says which of these a reference is.
 """
 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tarfile
@@ -35,66 +29,26 @@ from mobilenet_jax.interop.layout import Converted
 from mobilenet_jax.interop.preprocessing import (
     EVAL_CROP_PADDING, TF_SLIM, TIMM, Preprocessing, for_run, with_overrides,
 )
+from mobilenet_jax.interop.registry import ARCHIVE_SUFFIXES, REGISTRY, PretrainedWeights, published
 from mobilenet_jax.model import MobileNetV1
 from mobilenet_jax.paths import to_path
 
 CONVERTERS: dict[str, Callable[[Any], Converted]] = {
     "tf_slim": tf_slim.from_tf_slim, "keras": keras.from_keras, "timm": timm.from_timm,
 }
-# The model fields each source's conventions need (activation, padding, BatchNorm, width floor).
-SOURCE_FIELDS: dict[str, dict[str, Any]] = {"tf_slim": tf_slim.FIELDS, "keras": keras.FIELDS, "timm": timm.FIELDS}
 # The evaluation preprocessing of each source's weights where no registry entry names a size.
 SOURCE_PREPROCESSING: dict[str, Preprocessing] = {"tf_slim": TF_SLIM, "keras": TF_SLIM, "timm": TIMM}
-_ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar")
 _FILE_SOURCES = (  # (name endings, converter) of single weights files
-    ((*_ARCHIVE_SUFFIXES, ".index", tf_slim.FROZEN_GRAPH_SUFFIX), "tf_slim"),
+    ((*ARCHIVE_SUFFIXES, ".index", tf_slim.FROZEN_GRAPH_SUFFIX), "tf_slim"),
     ((".h5",), "keras"),
     ((".safetensors", ".pth", ".pt", ".bin"), "timm"),
 )
-# What a published file adds to the stem it shares with its siblings (TF-Slim's `<stem>.ckpt.index`,
-# `<stem>_frozen.pb`, `<stem>.tgz`) or with its cache copy (`<registry name>.<suffix>`).
-_PUBLISHED_SUFFIXES = (*_ARCHIVE_SUFFIXES, ".ckpt.index", ".ckpt", "_frozen.pb", ".h5", ".safetensors")
 ACCEPTED = (
     "accepted: a registered name (e.g. mobilenet_v1_100_224.tf_slim; all in mobilenet_jax.pretrained.REGISTRY); a TF-Slim checkpoint prefix, its "
     ".index file, a folder holding one, a published .tgz / .tar.gz / .tar or a frozen .pb; a Keras .h5; a timm "
     ".safetensors or .pth; a model file (x.msgpack with x.msgpack.json); or a finished training run's workdir; "
     "each local or gs://"
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class PretrainedWeights:
-    """One published set of weights: its file, converter, expected shape and evaluation recipe.
-
-    `sha256` None means not pinned: the first download's digest is recorded and enforced.
-    `top1` is the publisher's ImageNet top-1 (%), None where none was published.
-    """
-
-    name: str
-    source: str
-    url: str
-    sha256: str | None
-    alpha: float
-    num_classes: int
-    preprocessing: Preprocessing
-    top1: float | None
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        """The MobileNetV1 fields of the converted weights, known before any download."""
-        return {**SOURCE_FIELDS[self.source], "alpha": self.alpha, "num_classes": self.num_classes}
-
-    @property
-    def filename(self) -> str:
-        """The cache file name: the registry name with the published file's extension."""
-        url_name = self.url.rsplit("/", 1)[-1]
-        suffix = next((s for s in _ARCHIVE_SUFFIXES if url_name.endswith(s)), Path(url_name).suffix)
-        return self.name + suffix
-
-    @property
-    def stems(self) -> set[str]:
-        """The stems of the published file's name and of its cache copy's (the registry name)."""
-        return {_stem(self.url.rsplit("/", 1)[-1]), self.name}
 
 
 class Pretrained(NamedTuple):
@@ -114,68 +68,37 @@ class Pretrained(NamedTuple):
         return weights.model_fields(self.model)
 
 
-# The published TF-Slim archives' sha256, by (alpha, size): `mobilenet_v1_1.0_224.tgz` from
-# tensorflow/tensorflow `workspace2.bzl` (tflite_mobilenet_float), the others from
-# openvinotoolkit/open_model_zoo `model.yml` files.
-TF_SLIM_SHA256 = {
-    (1.0, 224): "2fadeabb9968ec6833bee903900dda6e61b3947200535874ce2fe42a8493abc0",
-    (0.25, 128): "879ddc3e0857f3611b5cf248e36de2288c7a11ea8c2ed8a8bdded635e6010dfe",
-    (0.5, 224): "98cf7a39552f73920cb99617cfa9b88d5732a87abf9ec14f7cc7f3ade1db0aaa",
-}
+class Located(NamedTuple):
+    """What a weights reference names: `source` "registry" (`target` its PretrainedWeights),
+    "model" (`target` the model file's path) or a converter's name (`target` the reference)."""
+
+    source: str
+    target: Any
 
 
-def _tf_slim(alpha: float, size: int, top1: float) -> PretrainedWeights:
-    alpha_text = {1.0: "1.0", 0.75: "0.75", 0.5: "0.5", 0.25: "0.25"}[alpha]
-    return PretrainedWeights(
-        f"mobilenet_v1_{round(alpha * 100):03d}_{size}.tf_slim", "tf_slim",
-        f"https://download.tensorflow.org/models/mobilenet_v1_2018_08_02/mobilenet_v1_{alpha_text}_{size}.tgz",
-        TF_SLIM_SHA256.get((alpha, size)), alpha, 1001, dataclasses.replace(TF_SLIM, size=size), top1,
-    )
-
-
-def _keras(alpha: float, size: int, top1: float | None) -> PretrainedWeights:
-    alpha_text = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}[alpha]
-    return PretrainedWeights(
-        f"mobilenet_v1_{round(alpha * 100):03d}_{size}.keras", "keras",
-        f"https://storage.googleapis.com/tensorflow/keras-applications/mobilenet/mobilenet_{alpha_text}_{size}_tf.h5",
-        None, alpha, 1000, dataclasses.replace(TF_SLIM, size=size), top1,
-    )
-
-
-def _timm(alpha: float, tag: str, revision: str, crop_fraction: float, top1: float) -> PretrainedWeights:
-    return PretrainedWeights(
-        f"mobilenet_v1_{round(alpha * 100):03d}_224.timm", "timm",
-        f"https://huggingface.co/timm/{tag}/resolve/{revision}/model.safetensors",
-        None, alpha, 1000, dataclasses.replace(TIMM, crop_fraction=crop_fraction), top1,
-    )
-
-
-# Published top-1 (%) of the TF-Slim checkpoints by (alpha, size), research/slim/nets/mobilenet_v1.md.
-TF_SLIM_TOP1 = {
-    (1.0, 224): 70.9, (1.0, 192): 70.0, (1.0, 160): 68.0, (1.0, 128): 65.2,
-    (0.75, 224): 68.4, (0.75, 192): 67.2, (0.75, 160): 65.3, (0.75, 128): 62.1,
-    (0.5, 224): 63.3, (0.5, 192): 61.7, (0.5, 160): 59.1, (0.5, 128): 56.3,
-    (0.25, 224): 49.8, (0.25, 192): 47.7, (0.25, 160): 45.5, (0.25, 128): 41.5,
-}
-# keras.io publishes one figure for MobileNet: 70.4 % at alpha 1.0, 224.
-KERAS_TOP1 = {(1.0, 224): 70.4}
-
-REGISTRY: dict[str, PretrainedWeights] = {
-    w.name: w
-    for w in (
-        *(_tf_slim(alpha, size, top1) for (alpha, size), top1 in TF_SLIM_TOP1.items()),
-        *(_keras(alpha, size, KERAS_TOP1.get((alpha, size))) for alpha, size in TF_SLIM_TOP1),
-        # Hub revisions: the commit that added mobilenetv1_100's model.safetensors ("Add model");
-        # mobilenetv1_125 follows its main branch until its full commit id is recorded here.
-        _timm(1.0, "mobilenetv1_100.ra4_e3600_r224_in1k", "dda9ab42e23f3061aa191630817df76e8fe9cace", 0.875, 75.388),
-        _timm(1.25, "mobilenetv1_125.ra4_e3600_r224_in1k", "main", 0.9, 76.920),
-    )
-}
+def locate(reference: str | os.PathLike, file: str | os.PathLike | None = None) -> Located:
+    """What `reference` names (see `Located`), reading no weights; `file` is only for a registered
+    name. A reference that names nothing raises one line listing what is accepted."""
+    key = os.fspath(reference)
+    if key in REGISTRY:
+        return Located("registry", REGISTRY[key])
+    if file is not None:
+        raise ValueError(f"file= stands in for a registered name's download; {key!r} is not one: pass the file alone")
+    path = to_path(key)
+    if path.is_dir() and (path / weights.MODEL_FILE).exists():
+        return Located("model", path / weights.MODEL_FILE)
+    if path.is_dir() and (path / weights.CONFIG_FILE).exists():
+        raise FileNotFoundError(
+            f"{key} is a workdir without {weights.MODEL_FILE}: rerun its train.py command with --workdir={key}, "
+            "which writes it when the run has finished (and trains on when it has not)"
+        )
+    source = source_of(key)
+    return Located(source, path if source == "model" else key)
 
 
 def _extract(archive: Path) -> Path:
     """The folder holding `archive`'s contents, extracted once into the cache (keyed by content)."""
-    stem = next(archive.name[: -len(s)] for s in _ARCHIVE_SUFFIXES if archive.name.endswith(s))
+    stem = next(archive.name[: -len(s)] for s in ARCHIVE_SUFFIXES if archive.name.endswith(s))
     target = download.cache_dir() / "extracted" / f"{stem}-{download.sha256_of(archive)[:16]}"
     if not target.exists():
         partial = target.with_name(target.name + ".part")
@@ -184,11 +107,6 @@ def _extract(archive: Path) -> Path:
             tar.extractall(partial, filter="data")
         os.replace(partial, target)
     return target
-
-
-def _stem(name: str) -> str:
-    """`name` without the ending a published weights file adds to its stem."""
-    return next((name[: -len(s)] for s in _PUBLISHED_SUFFIXES if name.endswith(s)), name)
 
 
 def source_of(reference: str | os.PathLike) -> str:
@@ -222,29 +140,30 @@ def _did_you_mean(path: epath.Path) -> str:
     return f", did you mean {' or '.join(prefixes)}?" if prefixes else ""
 
 
+def unpacked(path: str | os.PathLike, source: str) -> Path:
+    """The local weights at `path` as their converter reads them: a TF-Slim archive extracted."""
+    path = Path(path)
+    return _extract(path) if source == "tf_slim" and path.name.endswith(ARCHIVE_SUFFIXES) else path
+
+
 def convert_file(path: str | os.PathLike, source: str) -> Converted:
     """Convert the local file or folder at `path` with the converter named `source` (archives are extracted)."""
     if source not in CONVERTERS:
         raise ValueError(f"source must be one of {tuple(CONVERTERS)}, got {source!r}")
-    path = Path(path)
-    if source == "tf_slim" and path.name.endswith(_ARCHIVE_SUFFIXES):
-        path = _extract(path)
-    return CONVERTERS[source](path)
+    return CONVERTERS[source](unpacked(path, source))
 
 
-def _published(path: Path, converted: Converted) -> PretrainedWeights | None:
-    """The registry entry published under `path`'s name (or a name in the folder `path`) whose
-    model `converted` is: the model's alpha tells apart entries that share a file name."""
-    names = [path.name, *(p.name for p in path.iterdir())] if path.is_dir() else [path.name]
-    stems = {_stem(name) for name in names}
-    return next((w for w in REGISTRY.values() if w.stems & stems and w.fields == converted.fields), None)
+def published_names(path: Path) -> list[str]:
+    """The file names that may select a registry entry for the weights at `path`: its own, and
+    those in the folder `path`."""
+    return [path.name, *(p.name for p in path.iterdir())] if path.is_dir() else [path.name]
 
 
 def _convert(reference: str, source: str) -> Pretrained:
     """A TF-Slim, Keras or timm file (local or gs://) converted, with its publisher's preprocessing."""
     path = download.local_copy(reference)
     converted = convert_file(path, source)
-    entry = _published(path, converted)
+    entry = published(published_names(path), converted.fields)
     preprocessing = entry.preprocessing if entry else SOURCE_PREPROCESSING[source]
     return Pretrained(converted.model(), converted.variables, preprocessing)
 
@@ -277,7 +196,7 @@ def _run_preprocessing(config: dict[str, Any]) -> Preprocessing | None:
     return for_run(config.get("image_size", TF_SLIM.size), config["normalization"], crop_padding)
 
 
-def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
+def recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
     """The preprocessing recorded beside the model file at `path`, else that of the training run
     whose workdir holds it (its config.json), else None."""
     recorded = weights.load_preprocessing(os.fspath(path))
@@ -296,7 +215,8 @@ def _recorded_preprocessing(path: epath.Path) -> Preprocessing | None:
 def _load_model_file(path: epath.Path) -> Pretrained:
     """A model file written by `weights.save_model` (local or gs://) with its recorded preprocessing."""
     model, variables = weights.load_model(os.fspath(path))
-    return Pretrained(model, variables, _recorded_preprocessing(path))
+    return Pretrained(model, variables, recorded_preprocessing(path))
+
 
 
 def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None = None) -> Pretrained:
@@ -306,21 +226,10 @@ def resolve_weights(reference: str | os.PathLike, file: str | os.PathLike | None
     preprocessing is None for a model file that records none (nothing beside it, no run
     config.json beside it). A reference that names nothing raises one line listing what is accepted.
     """
-    key = os.fspath(reference)
-    if key in REGISTRY:
-        return _load_entry(REGISTRY[key], file)
-    if file is not None:
-        raise ValueError(f"file= stands in for a registered name's download; {key!r} is not one: pass the file alone")
-    path = to_path(key)
-    if path.is_dir() and (path / weights.MODEL_FILE).exists():
-        return _load_model_file(path / weights.MODEL_FILE)
-    if path.is_dir() and (path / weights.CONFIG_FILE).exists():
-        raise FileNotFoundError(
-            f"{key} is a workdir without {weights.MODEL_FILE}: rerun its train.py command with --workdir={key}, "
-            "which writes it when the run has finished (and trains on when it has not)"
-        )
-    source = source_of(key)
-    return _load_model_file(path) if source == "model" else _convert(key, source)
+    source, target = locate(reference, file)
+    if source == "registry":
+        return _load_entry(target, file)
+    return _load_model_file(target) if source == "model" else _convert(target, source)
 
 
 def recorded_class_names(reference: str | os.PathLike) -> tuple[str, ...] | None:

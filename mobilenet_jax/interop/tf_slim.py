@@ -13,8 +13,10 @@ inference graph its publisher froze from one of the two.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -72,13 +74,22 @@ def model_tensor_names() -> list[str]:
     return names + [name + EMA_SUFFIX for name in names]
 
 
-def read_frozen_graph(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The model's tensors in the frozen GraphDef at `path` (a `*_frozen.pb`), by name.
+def read_frozen_graph(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
+    """The model's tensors in the frozen GraphDef at `path` (a `*_frozen.pb`), by name, read-only.
 
     Freezing turns each variable into a constant of the same name, so the names are the
     checkpoint's; a frozen graph holds no ExponentialMovingAverage shadows, only the values
     its publisher chose for inference. Constants of other ops (a retrained head) are left unread.
+    A frozen graph lists no shapes apart from its values, so the last one read is kept until its
+    file changes: describing the weights and converting them read the file once.
     """
+    stat = os.stat(path)
+    return _frozen_graph(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _frozen_graph(path: str, mtime_ns: int, size: int) -> Mapping[str, np.ndarray]:
+    """`read_frozen_graph` of the file at `path` as it is at (`mtime_ns`, `size`)."""
     import tensorflow as tf  # only this reader needs TensorFlow
 
     graph = tf.compat.v1.GraphDef()
@@ -87,11 +98,12 @@ def read_frozen_graph(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except Exception as error:  # protobuf raises DecodeError, RuntimeWarning-free ValueError, ...
         raise ValueError(f"{path} is not a TensorFlow GraphDef ({error}); pass a *_frozen.pb file") from error
     wanted = set(model_tensor_names())
-    return {
-        node.name: tf.make_ndarray(node.attr["value"].tensor)
-        for node in graph.node
-        if node.op == "Const" and node.name in wanted
-    }
+    tensors = {}
+    for node in graph.node:
+        if node.op == "Const" and node.name in wanted:
+            tensors[node.name] = tf.make_ndarray(node.attr["value"].tensor)
+            tensors[node.name].setflags(write=False)
+    return types.MappingProxyType(tensors)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -103,6 +115,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     reader = tf.train.load_checkpoint(checkpoint_prefix(path))
     return {name: reader.get_tensor(name) for name in model_tensor_names() if reader.has_tensor(name)}
+
+
+def read_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The shapes of the model's tensors (and shadows) in the TensorFlow checkpoint at `path`, from
+    its variable list: no values are read."""
+    import tensorflow as tf  # only this reader needs TensorFlow
+
+    wanted = set(model_tensor_names())
+    return {name: tuple(shape) for name, shape in tf.train.list_variables(checkpoint_prefix(path)) if name in wanted}
 
 
 def frozen_graph_in(folder: str | os.PathLike) -> Path | None:
@@ -137,7 +158,7 @@ def log_frozen_graph_values(graph_path: Path, graph: Mapping[str, np.ndarray], p
         )
 
 
-def read_source(path: Path, use_ema: bool | None) -> dict[str, np.ndarray]:
+def read_source(path: Path, use_ema: bool | None) -> Mapping[str, np.ndarray]:
     """The tensors a conversion reads at `path`: a frozen graph, a folder's frozen graph (unless
     `use_ema` asks for the checkpoint's value sets), or a checkpoint."""
     if path.name.endswith(FROZEN_GRAPH_SUFFIX):

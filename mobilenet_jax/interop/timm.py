@@ -13,6 +13,7 @@ MobileNetV1 does not have: it is refused by name. A state dict with keys of any 
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,17 +43,22 @@ def layer_names() -> list[ConvBN]:
     return [ConvBN(f"{conv}.weight", *(f"{bn}.{v}" for v in _BN)) for conv, bn in pairs]
 
 
-def read_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A state dict from a .safetensors file (read without torch) or a torch .pth / .pt / .bin.
+def read_file(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, Any]:
+    """A state dict from a .safetensors file (read without torch) or a torch .pth / .pt / .bin, or
+    with `shapes_only` its tensors' shapes (from the safetensors header, or a memory-mapped torch file;
+    a legacy torch file is read whole).
 
     Raises ValueError naming the file when it is not of its format, ImportError naming torch
     when a torch file needs it.
     """
     if Path(path).suffix == ".safetensors":
-        from safetensors import SafetensorError
+        from safetensors import SafetensorError, safe_open
         from safetensors.numpy import load_file
 
         try:
+            if shapes_only:
+                with safe_open(str(path), "numpy") as f:
+                    return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
             return load_file(str(path))
         except SafetensorError as error:
             raise ValueError(
@@ -63,7 +69,9 @@ def read_file(path: str | os.PathLike) -> dict[str, Any]:
     except ImportError as error:
         raise ImportError(f"reading {path} needs PyTorch: pip install torch, or pass the .safetensors file") from error
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        mmap = shapes_only and zipfile.is_zipfile(path)  # a legacy (pre-zip) torch file cannot be mapped
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        return {name: tuple(value.shape) for name, value in state.items()} if shapes_only else state
     except OSError:
         raise
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, KeyError, ... for other bytes

@@ -19,6 +19,7 @@ from absl import logging
 from mobilenet_jax import model as model_lib
 from mobilenet_jax.choices import check_choice
 from mobilenet_jax.data.spec import DataSpec
+from mobilenet_jax.interop.describe import WeightsInfo
 from mobilenet_jax.ops.quantize import MODES as QUANTIZATION_MODES
 from mobilenet_jax.training import init as init_lib
 from mobilenet_jax.training.mesh import PARALLELISMS
@@ -72,23 +73,20 @@ class Experiment:
     optimizer: OptimizerSpec
     step: StepOptions
     loop: LoopSpec
-    initial: init_lib.Initial | None = None  # the weights of config.init_from, loaded once
+    initial: WeightsInfo | None = None  # what config.init_from's weights hold; the loop reads their arrays
 
     def create_model(self, num_classes: int) -> model_lib.MobileNetV1:
         """The MobileNetV1 of this experiment for `num_classes` classes."""
         return model_lib.MobileNetV1(num_classes=num_classes, **self.model_fields)
 
 
-def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A locked copy of `config` with its variant applied and every field checked.
-
-    A `variant` such as "mobilenet_v1_075_160" overrides model.alpha and image_size.
-    """
-    return resolve(config).config
-
-
 def resolve(config: ml_collections.ConfigDict) -> Experiment:
-    """The experiment `config` describes; raises a ValueError naming the first bad field."""
+    """The experiment `config` describes; raises a ValueError naming the first bad field.
+
+    A `variant` such as "mobilenet_v1_075_160" overrides model.alpha and image_size. Every field
+    is checked before the init_from weights are looked at, and of those only their description
+    is read (`init.describe`): no arrays, no download.
+    """
     config = config.copy_and_resolve_references()
     quantization = config.get("quantization")
     if quantization is not None and quantization not in QUANTIZATION_MODES:
@@ -100,30 +98,32 @@ def resolve(config: ml_collections.ConfigDict) -> Experiment:
         variant = model_lib.get_variant(config.variant)
         config.model.alpha = variant.alpha
         config.image_size = variant.resolution
-    initial = init_lib.load_initial(config.init_from) if config.get("init_from") else None
-    _adopt_weights(config, initial)
     _scale_to_devices(config)
     specs = (DataSpec, OptimizerSpec, StepOptions, LoopSpec)
     known = {name for spec in specs for name in _field_names(spec)} | set(_GATE_FIELDS)
     unknown = sorted(set(config) - known)
     if unknown:
         raise ValueError(f"config has unknown fields {unknown}; remove them (known fields: {sorted(known)})")
-    config.lock()
     data, optimizer, step, loop = (spec(**{name: config[name] for name in _field_names(spec)}) for spec in specs)
+    _model_fields(config)
     if step.freeze_batch_stats and config.model.get("dropout_rate"):
         raise ValueError(
             f"freeze_batch_stats runs the model in inference mode, which disables dropout_rate="
             f"{config.model.dropout_rate}; set --config.model.dropout_rate=0 or freeze_batch_stats=False"
         )
-    if step.freeze_batch_stats and quantization and not (initial and init_lib.has_activation_ranges(initial.variables)):
+    initial = init_lib.describe(config.init_from) if config.get("init_from") else None
+    _adopt_weights(config, initial)
+    if step.freeze_batch_stats and quantization and not (initial and initial.activation_ranges):
         raise ValueError(
             "quantization tracks activation ranges in train mode, which freeze_batch_stats turns off, and the "
             "init_from weights have no trained ranges to keep; set --config.freeze_batch_stats=False"
         )
+    config.lock()
+    step = dataclasses.replace(step, normalization=config.normalization)
     return Experiment(config, _model_fields(config), data, optimizer, step, loop, initial)
 
 
-def _adopt_weights(config: ml_collections.ConfigDict, initial: init_lib.Initial | None) -> None:
+def _adopt_weights(config: ml_collections.ConfigDict, initial: WeightsInfo | None) -> None:
     """Fill config.model's architecture fields and config.normalization from the weights, in place.
 
     None means "the weights' value" (MobileNetV1's default without init_from); an explicit value
@@ -139,7 +139,7 @@ def _adopt_weights(config: ml_collections.ConfigDict, initial: init_lib.Initial 
         found = initial.fields[field]
         if wanted is not None and wanted != found:
             raise ValueError(
-                f"config.model.{field}={wanted!r} contradicts the init_from weights ({initial.source}: "
+                f"config.model.{field}={wanted!r} contradicts the init_from weights ({config.init_from}: "
                 f"{field}={found!r}); set --config.model.{field}={found!r} or leave it None"
             )
         config.model[field] = found
@@ -171,13 +171,13 @@ def _field_names(spec: type) -> tuple[str, ...]:
 
 
 def _model_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """config.model plus the computation dtype and quantization, checked by building the model once."""
+    """config.model plus the computation dtype and quantization, checked by building the model once
+    (architecture fields left None, before the weights fill them, take the model's defaults)."""
     allowed = {field.name for field in dataclasses.fields(model_lib.MobileNetV1)} - _MODEL_FIELDS_SET_ELSEWHERE
     unknown = sorted(set(config.model) - allowed)
     if unknown:
         raise ValueError(f"config.model has unknown fields {unknown}; MobileNetV1 takes {sorted(allowed)}")
-    fields = dict(
-        config.model, dtype=jnp.bfloat16 if config.half_precision else None, quantization=config.get("quantization")
-    )
+    given = {k: v for k, v in config.model.items() if v is not None or k not in init_lib.ARCHITECTURE_FIELDS}
+    fields = dict(given, dtype=jnp.bfloat16 if config.half_precision else None, quantization=config.get("quantization"))
     model_lib.MobileNetV1(**fields)
     return fields

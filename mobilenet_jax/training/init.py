@@ -1,19 +1,20 @@
-"""Initial variables for fine-tuning: `config.init_from` loaded once, then merged into a fresh state.
+"""Initial variables for fine-tuning: what `config.init_from` holds, its arrays read once, then merged.
 
 `init_from` is any weights reference `pretrained.resolve_weights` accepts: a registered pretrained
 name (`mobilenet_v1_100_224.tf_slim`), a TF-Slim, Keras or timm file, a model file (with its
-`.json` fields beside it), or a finished run's workdir, each local or gs://. The normalisation
-is the one the weights record (a run's `config.json`, a registry entry's), None where they
-record none. The backbone always comes from these weights; the classifier is kept when its
-shape matches the dataset's class count and re-initialised otherwise.
+`.json` fields beside it), or a finished run's workdir, each local or gs://. The config gate
+reads only its description (`describe`: model fields, normalisation, activation ranges); the
+loop reads its arrays (`load_variables`). The normalisation is the one the weights record (a
+run's `config.json`, a registry entry's), None where they record none. The backbone always
+comes from these weights; the classifier is kept when its shape matches the dataset's class
+count and re-initialised otherwise.
 Float weights fine-tuned quantization-aware (`quantization="int8"`) have no activation ranges:
 those start fresh and are tracked from the first training batch.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from flax import traverse_util
 
 from mobilenet_jax.choices import check_choice
 from mobilenet_jax.interop import pretrained
-from mobilenet_jax.interop.preprocessing import normalization_of
+from mobilenet_jax.interop.describe import WeightsInfo, describe_weights
 from mobilenet_jax.model import is_activation_range
 from mobilenet_jax.training.optim import CLASSIFIER
 from mobilenet_jax.training.state import TrainState
@@ -29,27 +30,26 @@ from mobilenet_jax.training.state import TrainState
 # MobileNetV1 fields that decide what the weights compute: fine-tuning takes them from the weights.
 ARCHITECTURE_FIELDS = ("alpha", "min_depth", "activation", "padding", "bn_epsilon")
 NEW_CLASSIFIER_INITS = ("zeros", "random")
+T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
-class Initial:
-    """Weights to start from: their model fields, variables and input normalisation (None: unknown)."""
-
-    source: str
-    fields: dict[str, Any]
-    variables: dict[str, Any]
-    normalization: str | None
+def describe(init_from: str) -> WeightsInfo:
+    """What the weights `init_from` names hold, their arrays unread (`describe_weights`); a
+    ValueError says what it accepts when it names none."""
+    return _named(init_from, describe_weights)
 
 
-def load_initial(init_from: str) -> Initial:
-    """The weights `init_from` names (`pretrained.resolve_weights`); a ValueError says what it accepts
-    when it names none."""
+def load_variables(init_from: str) -> dict[str, Any]:
+    """The variables of the weights `init_from` names (`pretrained.resolve_weights`)."""
+    return _named(init_from, lambda reference: pretrained.resolve_weights(reference).variables)
+
+
+def _named(init_from: str, read: Callable[[str], T]) -> T:
+    """`read(init_from)`, a missing file refused as a ValueError that names init_from."""
     try:
-        loaded = pretrained.resolve_weights(init_from)
+        return read(init_from)
     except FileNotFoundError as error:
         raise ValueError(f"init_from={init_from!r}: {error}") from error
-    recipe = loaded.preprocessing
-    return Initial(init_from, loaded.fields, loaded.variables, normalization_of(recipe) if recipe else None)
 
 
 def merge(fresh: dict[str, Any], initial: dict[str, Any], collection: str) -> dict[str, Any]:
@@ -75,13 +75,6 @@ def merge(fresh: dict[str, Any], initial: dict[str, Any], collection: str) -> di
             )
         merged[path] = jnp.asarray(source, leaf.dtype) if same else leaf
     return traverse_util.unflatten_dict(merged, sep="/")
-
-
-def has_activation_ranges(variables: dict[str, Any]) -> bool:
-    """Whether `variables` hold activation ranges tracked by quantization-aware training."""
-    flat = traverse_util.flatten_dict(variables.get("batch_stats", {}), sep="/")
-    tracked = [leaf for path, leaf in flat.items() if is_activation_range(path) and path.endswith("/tracked")]
-    return bool(tracked) and all(float(leaf) > 0 for leaf in tracked)
 
 
 def start_from(state: TrainState, variables: dict[str, Any], new_classifier_init: str = "zeros") -> TrainState:

@@ -3,16 +3,15 @@
 config -> data -> model -> step -> loop -> checkpoints and metrics. Rerunning the same command
 on the same workdir resumes from the latest checkpoint, with the input at the same position.
 A workdir belongs to one run at a time (`lock`), and a finished run's model is always written
-into its workdir, whatever becomes of `export_path`.
+into its workdir, whatever becomes of `export_path` (`model_files`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +19,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from mobilenet_jax import weights
 from mobilenet_jax.data.spec import DataSpec
-from mobilenet_jax.interop.preprocessing import Preprocessing, for_run
-from mobilenet_jax.model import MobileNetV1
+from mobilenet_jax.interop.preprocessing import for_run
 from mobilenet_jax.paths import to_path
 from mobilenet_jax.training import checkpoint, init, lock, mesh, optim
 from mobilenet_jax.training.config import Experiment, resolve
 from mobilenet_jax.training.metrics import METRICS_FILE, MetricWriter, read_metrics
+from mobilenet_jax.training.model_files import ModelFiles, exported_variables
 from mobilenet_jax.training.preemption import PreemptionWatch
 from mobilenet_jax.training.prefetch import DevicePrefetch
 from mobilenet_jax.training.state import TrainState, create_train_state
@@ -38,10 +36,6 @@ UNLOGGED_FILE = "unlogged_steps.json"
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient."""
-
-
-class ExportError(OSError):
-    """A finished run's model could not be written at export_path; the workdir holds it."""
 
 
 def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: DataSpec) -> dict[str, float]:
@@ -65,13 +59,6 @@ def evaluate(runner: mesh.Parallel, state: Any, source: Any, spec: DataSpec) -> 
     for suffix in ("", "_raw") if "top1_raw" in totals else ("",):
         result.update({names[key] + suffix: float(totals[key + suffix]) / count for key in names})
     return {**result, "eval_examples": int(count)}
-
-
-def exported_variables(state: TrainState, result: dict[str, float]) -> tuple[dict[str, Any], str]:
-    """The variables to export and which they are: the EMA ones ("ema") unless the final
-    evaluation found the raw ones more accurate ("raw"), or the raw ones when there is no EMA."""
-    use_ema = state.ema is not None and result.get("eval_accuracy", 0.0) >= result.get("eval_accuracy_raw", 0.0)
-    return state.variables(ema=use_ema), "ema" if use_ema else "raw"
 
 
 def _host_metrics(runner: mesh.Parallel, pending: list[tuple[int, dict]], allow_nonfinite: bool) -> list[dict]:
@@ -112,8 +99,8 @@ def _held_unlogged(workdir: str, start: int) -> list[dict]:
 def _initial_state(
     experiment: Experiment, tx: optax.GradientTransformation, runner: mesh.Parallel, checkpoints: checkpoint.Checkpoints
 ) -> TrainState:
-    """A fresh state (from config.init_from's weights when set), or the latest checkpoint's, as
-    replicated global arrays."""
+    """A fresh state (from config.init_from's weights when set, read here once), or the latest
+    checkpoint's, as replicated global arrays (a resumed run reads no init_from weights)."""
 
     def fresh(rng: jax.Array, variables: dict[str, Any] | None) -> TrainState:
         state = create_train_state(rng, runner.model, tx, experiment.data.image_size, experiment.loop.ema_decay)
@@ -121,11 +108,10 @@ def _initial_state(
 
     # One compiled program: initialising op by op compiles hundreds of small ones.
     initialise = jax.jit(fresh, out_shardings=jax.sharding.NamedSharding(runner.mesh, jax.sharding.PartitionSpec()))
-    initial = experiment.initial.variables if experiment.initial else None
+    resume = bool(checkpoints.all_steps())
+    initial = init.load_variables(experiment.config.init_from) if experiment.initial and not resume else None
     state = initialise(jax.random.key(experiment.loop.seed), initial)
-    if checkpoints.all_steps():
-        state = checkpoints.restore(state)
-    return state
+    return checkpoints.restore(state) if resume else state
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -210,69 +196,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         variables, which = exported_variables(state, result)
         return {**result, "step": step, "model_path": model_files.write(variables), "model_variables": which}
 
-
-@dataclasses.dataclass(frozen=True)
-class ModelFiles:
-    """Where a finished run writes its model: the workdir's model file (weights.MODEL_FILE) first,
-    then export_path when set, so that an export_path that cannot be written loses nothing."""
-
-    workdir: str
-    export_path: str | None
-    model: MobileNetV1
-    class_names: Sequence[str]
-    preprocessing: Preprocessing
-
-    def paths(self) -> list[str]:
-        """The workdir's model file, then export_path when it is set and another file."""
-        own = str(to_path(self.workdir) / weights.MODEL_FILE)
-        if self.export_path and to_path(self.export_path) != to_path(own):
-            return [own, self.export_path]
-        return [own]
-
-    def missing(self) -> bool:
-        """Whether the model file is missing or incomplete at one of `paths`."""
-        return not all(map(_complete_model, self.paths()))
-
-    def write(self, variables: dict[str, Any], *, missing_only: bool = False) -> str:
-        """Write the model with `variables` at `paths` (with `missing_only`, where it is missing or
-        incomplete), on process 0; returns where it is: export_path when set.
-
-        The workdir's file comes first; an OSError there names it. Then an export_path that cannot
-        be written raises an ExportError naming it, the error and the workdir's file.
-        """
-        own, *exports = self.paths()
-        if jax.process_index() != 0:
-            return self.paths()[-1]
-        if not (missing_only and _complete_model(own)):
-            try:
-                self._save(own, variables)
-            except OSError as error:
-                raise OSError(
-                    f"cannot write the model file {own}: {error.strerror or error}; free space there (or fix its "
-                    "permissions), then rerun the same command: it writes the model from the last checkpoint"
-                ) from error
-        for path in exports:
-            if missing_only and _complete_model(path):
-                continue
-            try:
-                self._save(path, variables)
-            except Exception as error:  # epath's backends (local, gs://) raise various types
-                raise ExportError(
-                    f"export_path {path} cannot be written ({type(error).__name__}: {error}); the model is in "
-                    f"{own}: copy it from there, or rerun the same command with a writable "
-                    "--config.export_path, which writes it there"
-                ) from error
-        return self.paths()[-1]
-
-    def _save(self, path: str, variables: dict[str, Any]) -> None:
-        """The model file at `path`, with its fields, class names and preprocessing beside it."""
-        weights.save_model(path, self.model, variables, self.class_names, preprocessing=self.preprocessing)
-
-
-def _complete_model(path: str) -> bool:
-    """Whether a whole model file is at `path`: the preprocessing file, which `weights.save_model`
-    writes last, is there."""
-    return to_path(path + weights.PREPROCESSING_SUFFIX).exists()
 
 
 def _check_workdir(workdir: str) -> None:

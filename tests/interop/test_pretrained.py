@@ -19,7 +19,7 @@ pytest.importorskip("safetensors")
 import timm_state  # noqa: E402
 from flax.traverse_util import flatten_dict  # noqa: E402
 
-from mobilenet_jax.interop import download, pretrained  # noqa: E402
+from mobilenet_jax.interop import download, pretrained, registry  # noqa: E402
 from mobilenet_jax.interop.preprocessing import TIMM  # noqa: E402
 from mobilenet_jax.interop.timm import from_timm  # noqa: E402
 
@@ -107,24 +107,24 @@ def test_cache_folder_comes_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_registry_covers_every_published_source_with_its_recipe():
-    registry = pretrained.REGISTRY
-    assert len([n for n in registry if n.endswith(".tf_slim")]) == 16
-    assert len([n for n in registry if n.endswith(".keras")]) == 16
-    slim, keras, timm = (registry[f"mobilenet_v1_100_224.{s}"] for s in ("tf_slim", "keras", "timm"))
+    entries = registry.REGISTRY
+    assert len([n for n in entries if n.endswith(".tf_slim")]) == 16
+    assert len([n for n in entries if n.endswith(".keras")]) == 16
+    slim, keras, timm = (entries[f"mobilenet_v1_100_224.{s}"] for s in ("tf_slim", "keras", "timm"))
     assert (slim.top1, keras.top1, round(timm.top1, 1)) == (70.9, 70.4, 75.4)
     assert slim.url == "https://download.tensorflow.org/models/mobilenet_v1_2018_08_02/mobilenet_v1_1.0_224.tgz"
-    assert all(w.url.startswith("https://") for w in registry.values())
+    assert all(w.url.startswith("https://") for w in entries.values())
     assert slim.num_classes == 1001
     assert keras.url.endswith("mobilenet_1_0_224_tf.h5") and keras.num_classes == 1000
     assert timm.url == ("https://huggingface.co/timm/mobilenetv1_100.ra4_e3600_r224_in1k/resolve/"
                         "dda9ab42e23f3061aa191630817df76e8fe9cace/model.safetensors")
-    assert registry["mobilenet_v1_025_128.tf_slim"].preprocessing.size == 128
+    assert entries["mobilenet_v1_025_128.tf_slim"].preprocessing.size == 128
     assert (slim.preprocessing.interpolation, timm.preprocessing.interpolation) == ("bilinear", "bicubic")
-    assert "mobilenetv1_100h" not in str(registry)
+    assert "mobilenetv1_100h" not in str(entries)
 
 
 def test_the_published_tf_slim_digests_are_pinned():
-    pinned = {w.url.rsplit("/", 1)[-1]: w.sha256 for w in pretrained.REGISTRY.values() if w.sha256}
+    pinned = {w.url.rsplit("/", 1)[-1]: w.sha256 for w in registry.REGISTRY.values() if w.sha256}
     assert pinned == {
         "mobilenet_v1_1.0_224.tgz": "2fadeabb9968ec6833bee903900dda6e61b3947200535874ce2fe42a8493abc0",
         "mobilenet_v1_0.25_128.tgz": "879ddc3e0857f3611b5cf248e36de2288c7a11ea8c2ed8a8bdded635e6010dfe",
@@ -140,9 +140,9 @@ def framed(width: int, height: int, border: int) -> np.ndarray:
 
 
 def test_timm_125_resizes_to_248_and_crops_0_9():
-    recipe = pretrained.REGISTRY["mobilenet_v1_125_224.timm"].preprocessing
+    recipe = registry.REGISTRY["mobilenet_v1_125_224.timm"].preprocessing
     assert (recipe.size, recipe.crop_fraction, recipe.resize) == (224, 0.9, "resize_then_crop")
-    assert pretrained.REGISTRY["mobilenet_v1_100_224.timm"].preprocessing.crop_fraction == 0.875
+    assert registry.REGISTRY["mobilenet_v1_100_224.timm"].preprocessing.crop_fraction == 0.875
     # Shorter side 248 = floor(224 / 0.9): kept as it is, then 12 pixels cropped off each side.
     assert np.all(recipe(framed(300, 248, 12)) == 1.0)
     assert np.any(recipe(framed(300, 248, 13)) == -1.0)
@@ -154,7 +154,7 @@ def test_timm_125_resizes_to_248_and_crops_0_9():
 def test_a_bare_model_safetensors_is_told_apart_by_its_width(tmp_path, alpha, entry):
     path = timm_state.write_safetensors(str(tmp_path / "model.safetensors"), alpha)
     loaded = pretrained.load_pretrained(path)
-    expected = pretrained.REGISTRY[entry].preprocessing if entry else TIMM
+    expected = registry.REGISTRY[entry].preprocessing if entry else TIMM
     assert loaded.preprocessing == expected and loaded.model.alpha == alpha
 
 
@@ -171,11 +171,11 @@ def timm_entry(server, tmp_path, monkeypatch):
     local = timm_state.write_safetensors(str(tmp_path / "model.safetensors"), 0.25)
     data = open(local, "rb").read()
     server.files["/timm/model.safetensors"] = data
-    entry = pretrained.PretrainedWeights(
+    entry = registry.PretrainedWeights(
         "test_025.timm", "timm", server.url + "/timm/model.safetensors", hashlib.sha256(data).hexdigest(),
         0.25, 1000, TIMM, None,
     )
-    monkeypatch.setitem(pretrained.REGISTRY, entry.name, entry)
+    monkeypatch.setitem(registry.REGISTRY, entry.name, entry)
     monkeypatch.setenv(download.CACHE_ENV, str(tmp_path / "cache"))
     return entry, local
 
@@ -198,10 +198,10 @@ def test_local_file_of_another_shape_or_checksum_is_refused(timm_entry, tmp_path
     with pytest.raises(download.ChecksumError, match="not the published file"):
         pretrained.load_pretrained(entry.name, file=other)
     unpinned = dataclasses.replace(entry, name="unpinned.timm", sha256=None)
-    pretrained.REGISTRY[unpinned.name] = unpinned
+    registry.REGISTRY[unpinned.name] = unpinned
     with pytest.raises(ValueError, match="alpha 0.5 weights with 1000 classes, but unpinned.timm has alpha 0.25"):
         pretrained.load_pretrained(unpinned.name, file=other)
-    del pretrained.REGISTRY[unpinned.name]
+    del registry.REGISTRY[unpinned.name]
     with pytest.raises(ValueError, match="neither a registered name nor an existing path"):
         pretrained.load_pretrained("mobilenet_v1_100_224.nowhere")
 
@@ -293,4 +293,3 @@ def test_a_workdir_without_its_model_file_says_how_to_get_it(tmp_path):
         f"--workdir={tmp_path}, which writes it when the run has finished \\(and trains on when it has not\\)$"
     )):
         pretrained.resolve_weights(str(tmp_path))
-

@@ -1,5 +1,5 @@
 """One way to name weights: every form of reference works in load_pretrained, the classify command,
-the export's load_weights and fine-tuning's load_initial, locally and on gs://."""
+the export's load_weights and fine-tuning's describe and load_variables, locally and on gs://."""
 
 from __future__ import annotations
 
@@ -167,8 +167,8 @@ def via_export(reference: str) -> Seen:
 
 
 def via_init(reference: str) -> Seen:
-    initial = init.load_initial(reference)
-    return Seen(initial.fields["num_classes"], initial.variables, None, initial.normalization)
+    described = init.describe(reference)  # what the config gate reads; the loop reads the variables
+    return Seen(described.fields["num_classes"], init.load_variables(reference), None, described.normalization)
 
 
 ENTRY_POINTS: dict[str, Callable[[str], Seen]] = {
@@ -192,6 +192,29 @@ def test_every_form_loads_in_every_entry_point(cases, form, entry_point):
     assert got.keys() == expected.keys()
     for path, value in expected.items():
         np.testing.assert_array_equal(np.asarray(got[path]), np.asarray(value), err_msg="/".join(path))
+
+
+@pytest.mark.parametrize("form", [form for form in FORMS if form != "slim frozen .pb"])  # lists no shapes
+def test_what_the_config_gate_reads_of_every_form_holds_no_arrays(cases, form, monkeypatch):
+    import safetensors.numpy
+
+    def refused(*args, **kwargs):
+        raise AssertionError("describing the weights downloaded them or read their arrays")
+
+    for owner, name in ((download, "fetch"), (weights, "load_variables"), (tf_slim, "read_checkpoint"),
+                        (tf_slim, "read_frozen_graph"), (safetensors.numpy, "load_file")):
+        monkeypatch.setattr(owner, name, refused)
+    described = init.describe(cases[form].reference)
+    assert described.fields["num_classes"] == cases[form].num_classes
+    assert described.normalization == cases[form].normalization and not described.activation_ranges
+
+
+def test_a_frozen_graph_is_read_once_for_the_config_gate_and_the_run(cases):
+    reference = cases["slim frozen .pb"].reference
+    tf_slim._frozen_graph.cache_clear()
+    assert init.describe(reference).fields["num_classes"] == 1001
+    init.load_variables(reference)
+    assert tf_slim._frozen_graph.cache_info().misses == 1  # the file's one read
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +248,7 @@ def test_a_bare_model_file_records_no_preprocessing(tmp_path, image, capsys):
         load_weights(path)  # no longer the project's 224 and ImageNet normalisation, silently
     deployable = load_weights(path, image_size=64, normalization="half")
     assert (deployable.image_size, deployable.normalization) == (64, "half")
-    assert init.load_initial(path).normalization is None
+    assert init.describe(path).normalization is None
     with pytest.raises(SystemExit) as exit_info:
         classify.main([image, "--weights", path])
     assert exit_info.value.code == 2
@@ -236,7 +259,7 @@ def test_an_unfinished_workdir_is_named_everywhere(tmp_path, image, capsys):
     (tmp_path / weights.CONFIG_FILE).write_text("{}")
     message = "is a workdir without mobilenet_v1.msgpack: rerun its train.py command with --workdir="
     for entry_point, error in ((pretrained.load_pretrained, FileNotFoundError), (load_weights, FileNotFoundError),
-                               (init.load_initial, ValueError)):
+                               (init.describe, ValueError), (init.load_variables, ValueError)):
         with pytest.raises(error, match=message):
             entry_point(str(tmp_path))
     with pytest.raises(SystemExit):
@@ -258,8 +281,9 @@ def test_a_reference_to_nothing_gets_one_line_listing_what_is_accepted(reference
         export_main(["--weights", reference, "--format", "onnx", "--out", "x"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and problem in err and accepted in err
-    with pytest.raises(ValueError, match=problem):
-        init.load_initial(reference)
+    for entry_point in (init.describe, init.load_variables):
+        with pytest.raises(ValueError, match=problem):
+            entry_point(reference)
 
 
 def test_a_file_of_no_known_format_is_named(tmp_path):
@@ -277,13 +301,14 @@ import json, sys
 from mobilenet_jax.export import load_weights
 from mobilenet_jax.interop.preprocessing import normalization_of
 from mobilenet_jax.interop.pretrained import load_pretrained
-from mobilenet_jax.training.init import load_initial
+from mobilenet_jax.training.init import describe, load_variables
 seen = {}
 for reference in sys.argv[1:]:
-    loaded, deployable, initial = load_pretrained(reference), load_weights(reference), load_initial(reference)
+    loaded, deployable, described = load_pretrained(reference), load_weights(reference), describe(reference)
     kernel = loaded.variables["params"]["stem"]["conv"]["kernel"]
     seen[reference] = [loaded.preprocessing.size, normalization_of(loaded.preprocessing), deployable.image_size,
-                       deployable.normalization, initial.normalization, float(abs(kernel).sum())]
+                       deployable.normalization, described.normalization, float(abs(kernel).sum()),
+                       float(abs(load_variables(reference)["params"]["stem"]["conv"]["kernel"]).sum())]
 print(json.dumps(seen))
 """
 
@@ -318,7 +343,7 @@ def test_gs_references_resolve_like_local_ones(cases, tmp_path, monkeypatch):
     for case, reference in zip((cases["slim prefix"], cases["workdir"]), references):
         kernel = float(np.abs(case.variables["params"]["stem"]["conv"]["kernel"]).sum())
         size, normalization = case.size, case.normalization
-        assert seen[reference] == pytest.approx([size, normalization, size, normalization, normalization, kernel])
+        assert seen[reference] == pytest.approx([size, normalization, size, normalization, normalization, kernel, kernel])
 
 
 def test_a_fine_tuned_run_is_classified_with_its_own_class_names(tmp_path, image, capsys):

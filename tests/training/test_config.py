@@ -23,7 +23,7 @@ def load(name: str, *args: str) -> ml_collections.ConfigDict:
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_every_config_resolves(name):
-    config = config_gate.resolve_config(load(name))
+    config = config_gate.resolve(load(name)).config
     assert config.optimizer in optim.OPTIMIZERS and config.lr_schedule in optim.SCHEDULES
     assert config.batch_size % 8 == 0 or name == "digits"
     assert "num_classes" not in config.model
@@ -113,13 +113,13 @@ def test_a_batch_from_nothing_is_refused():
 def test_variant_sets_alpha_and_image_size():
     config = load("default")
     config.variant = "mobilenet_v1_075_160"
-    resolved = config_gate.resolve_config(config)
+    resolved = config_gate.resolve(config).config
     assert (resolved.model.alpha, resolved.image_size) == (0.75, 160)
     assert (config.model.alpha, config.image_size) == (1.0, 224)  # the input is left alone
 
 
 def test_resolved_config_is_locked():
-    resolved = config_gate.resolve_config(load("default"))
+    resolved = config_gate.resolve(load("default")).config
     with pytest.raises(AttributeError):
         resolved.batchsize = 512  # a typo must not silently add a field
 
@@ -147,7 +147,7 @@ def test_bad_names_raise_with_the_fix(field, value, match):
     config = load("default")
     config[field] = value
     with pytest.raises(ValueError, match=match):
-        config_gate.resolve_config(config)
+        config_gate.resolve(config)
 
 
 def test_bad_model_fields_raise():
@@ -156,11 +156,11 @@ def test_bad_model_fields_raise():
     with pytest.raises(
         ValueError, match=r"config.model has unknown fields \['width'\]; MobileNetV1 takes .*'alpha'"
     ):
-        config_gate.resolve_config(config)
+        config_gate.resolve(config)
     config = load("default")
     config.model.alpha = -1.0
     with pytest.raises(ValueError, match="alpha must be > 0"):
-        config_gate.resolve_config(config)
+        config_gate.resolve(config)
 
 
 def test_unknown_recipe_raises():
@@ -180,7 +180,7 @@ def test_command_line_recipe_and_overrides():
     # The override flags are defined from the argv the flag is declared with.
     config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
     flag_values(argv)
-    config = config_gate.resolve_config(flag_values.config)
+    config = config_gate.resolve(flag_values.config).config
     assert (config.optimizer, config.nesterov, config.lr_schedule) == ("sgd", True, "cosine")
     assert (config.batch_size, config.data_dir, config.model.alpha, config.image_size) == (
         512,
@@ -192,7 +192,7 @@ def test_command_line_recipe_and_overrides():
 
 def test_digits_config_fits_the_digits_dataset():
     pipeline = pytest.importorskip("mobilenet_jax.data.pipeline")
-    config = config_gate.resolve_config(load("digits"))
+    config = config_gate.resolve(load("digits")).config
     info = pipeline.get_dataset_info(config_gate.resolve(config).data)
     assert (info.num_train_examples, info.num_eval_examples) == (1437, 360)
     assert config.eval_every_steps == info.num_train_examples // config.batch_size

@@ -10,11 +10,13 @@ import pytest
 from flax import traverse_util
 
 from configs import default, finetune
+from mobilenet_jax import weights
+from mobilenet_jax.interop import download
 from mobilenet_jax.interop.preprocessing import TF_SLIM
 from mobilenet_jax.interop.pretrained import Pretrained, save_pretrained
 from mobilenet_jax.model import MobileNetV1, is_activation_range
 from mobilenet_jax.training import config as config_gate
-from mobilenet_jax.training import init, optim, step
+from mobilenet_jax.training import init, optim, step, train_and_evaluate
 from mobilenet_jax.training.state import TrainState
 
 SIZE = 32
@@ -97,24 +99,63 @@ def test_dropout_is_refused_with_frozen_batch_stats(converted):
         config_gate.resolve(finetune_config(converted, freeze_batch_stats=True, model=dict(dropout_rate=0.1)))
 
 
+def refuse_reading(monkeypatch) -> None:
+    """Make every read of weights arrays, and every download, fail the test."""
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the config gate read weights arrays or downloaded")
+
+    monkeypatch.setattr(weights, "load_variables", refused)
+    monkeypatch.setattr(download, "fetch", refused)
+
+
+def test_the_gate_checks_every_other_field_before_looking_at_the_weights(tmp_path, monkeypatch):
+    refuse_reading(monkeypatch)
+    with pytest.raises(ValueError, match="log_every_steps must be >= 1, got 0"):  # not: the missing file
+        config_gate.resolve(finetune_config(str(tmp_path / "missing.h5"), log_every_steps=0))
+    with pytest.raises(ValueError, match="disables dropout_rate=0.1"):  # not: a download
+        config_gate.resolve(finetune_config("mobilenet_v1_025_128.tf_slim", freeze_batch_stats=True,
+                                            model=dict(dropout_rate=0.1)))
+
+
+def test_the_gate_reads_the_weights_description_only(converted, monkeypatch):
+    refuse_reading(monkeypatch)
+    registered = config_gate.resolve(finetune_config("mobilenet_v1_025_128.tf_slim"))  # no download
+    assert registered.model_fields["alpha"] == 0.25 and registered.step.normalization == "inception"
+    assert registered.initial.fields["num_classes"] == 1001 and not registered.initial.activation_ranges
+    model_file = config_gate.resolve(finetune_config(converted))  # the fields beside the file, not its arrays
+    assert {k: model_file.model_fields[k] for k in SLIM_FIELDS} == SLIM_FIELDS
+    assert model_file.initial.fields["num_classes"] == 7
+
+
+@pytest.mark.slow
+def test_a_run_reads_the_init_from_weights_once_and_a_resumed_run_not_at_all(converted, tmp_path, monkeypatch):
+    reads = []
+    load_variables = weights.load_variables
+    monkeypatch.setattr(weights, "load_variables", lambda path: reads.append(path) or load_variables(path))
+    config = finetune_config(converted, batch_size=16, num_train_steps=2, warmup_epochs=0.0, eval_every_steps=1000)
+    result = train_and_evaluate(config, str(tmp_path))
+    assert result["step"] == 2 and reads == [converted]
+    assert train_and_evaluate(config, str(tmp_path))["finished_before"] and reads == [converted]
+
+
 # ---------------------------------------------------------------------------------------------
 # Merging the weights into a fresh state.
 
 
 @pytest.mark.parametrize("num_classes", [7, 4])
 def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matches(converted, num_classes):
-    initial = init.load_initial(converted)
+    loaded = init.load_variables(converted)
     model = MobileNetV1(num_classes=num_classes, **SLIM_FIELDS)
     fresh = fresh_state(model, optax.sgd(0.1), ema_decay=0.5)
-    state = init.start_from(fresh, initial.variables)
-    loaded = initial.variables
+    state = init.start_from(fresh, loaded)
     np.testing.assert_array_equal(state.params["block13"]["pointwise"]["conv"]["kernel"],
                                   loaded["params"]["block13"]["pointwise"]["conv"]["kernel"])
     np.testing.assert_array_equal(state.batch_stats["stem"]["bn"]["mean"], loaded["batch_stats"]["stem"]["bn"]["mean"])
     for name in ("kernel", "bias"):
         expected = loaded["params"]["classifier"][name] if num_classes == 7 else 0.0
         np.testing.assert_array_equal(state.params["classifier"][name], expected)
-    random = init.start_from(fresh, initial.variables, new_classifier_init="random")
+    random = init.start_from(fresh, loaded, new_classifier_init="random")
     expected = loaded["params"] if num_classes == 7 else fresh.params
     np.testing.assert_array_equal(random.params["classifier"]["kernel"], expected["classifier"]["kernel"])
     np.testing.assert_array_equal(state.ema["params"]["stem"]["conv"]["kernel"], state.params["stem"]["conv"]["kernel"])
@@ -122,21 +163,20 @@ def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matche
 
 
 def test_float_weights_fine_tuned_quantization_aware_start_with_fresh_ranges(converted):
-    initial = init.load_initial(converted)
-    assert not init.has_activation_ranges(initial.variables)
+    assert not init.describe(converted).activation_ranges
+    loaded = init.load_variables(converted)
     model = MobileNetV1(num_classes=7, quantization="int8", **SLIM_FIELDS)
     fresh = fresh_state(model, optax.sgd(0.1))
     ranges = {path: 0.0 for path in traverse_util.flatten_dict(fresh.batch_stats, sep="/") if is_activation_range(path)}
     fresh = fresh.replace(batch_stats=traverse_util.unflatten_dict(
         {**traverse_util.flatten_dict(fresh.batch_stats, sep="/"), **ranges}, sep="/"))
-    state = init.start_from(fresh, initial.variables)
+    state = init.start_from(fresh, loaded)
     merged = traverse_util.flatten_dict(state.batch_stats, sep="/")
     assert len(ranges) == 28 * 3 and all(float(merged[path]) == 0.0 for path in ranges)  # untracked
-    np.testing.assert_array_equal(merged["stem/bn/mean"], initial.variables["batch_stats"]["stem"]["bn"]["mean"])
+    np.testing.assert_array_equal(merged["stem/bn/mean"], loaded["batch_stats"]["stem"]["bn"]["mean"])
     # And back: quantization-aware weights fine-tuned in float leave their ranges behind.
     tracked = {path: 1.0 for path in ranges}
     qat_weights = {**state.variables(), "batch_stats": traverse_util.unflatten_dict({**merged, **tracked}, sep="/")}
-    assert init.has_activation_ranges(qat_weights)
     plain = init.start_from(fresh_state(MobileNetV1(num_classes=7, **SLIM_FIELDS), optax.sgd(0.1)), qat_weights)
     assert not any(is_activation_range(p) for p in traverse_util.flatten_dict(plain.batch_stats, sep="/"))
 
@@ -152,7 +192,7 @@ def test_weights_of_another_width_are_refused_naming_the_variable(converted):
     model = MobileNetV1(num_classes=7, **dict(SLIM_FIELDS, alpha=0.5))
     fresh = fresh_state(model, optax.sgd(0.1))
     with pytest.raises(ValueError, match=r"do not fit the model: params \S+ is shape \(.*\), the model needs \("):
-        init.start_from(fresh, init.load_initial(converted).variables)
+        init.start_from(fresh, init.load_variables(converted))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,7 +275,7 @@ def test_a_bad_trainable_pattern_is_refused():
 
 def test_freeze_batch_stats_keeps_the_statistics_and_normalises_with_them(converted):
     model = MobileNetV1(num_classes=7, **SLIM_FIELDS)
-    state = init.start_from(fresh_state(model, optax.sgd(0.0)), init.load_initial(converted).variables)
+    state = init.start_from(fresh_state(model, optax.sgd(0.0)), init.load_variables(converted))
     batch = {"image": jax.random.normal(jax.random.key(1), (4, SIZE, SIZE, 3)), "label": jnp.arange(4)}
     train = jax.jit(lambda *args: step.train_step(*args, freeze_batch_stats=True))
     new, metrics = train(state, batch, jax.random.key(2))

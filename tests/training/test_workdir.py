@@ -14,7 +14,7 @@ import pytest
 
 from configs import digits
 from mobilenet_jax import weights
-from mobilenet_jax.training import checkpoint, lock, loop, train_and_evaluate
+from mobilenet_jax.training import checkpoint, lock, model_files, train_and_evaluate
 from tiny_runs import tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 def finished(tmp_path_factory) -> tuple[pathlib.Path, str]:
     """A finished run whose export_path cannot be written, and the error it ended with."""
     workdir = tmp_path_factory.mktemp("finished") / "run"
-    with pytest.raises(loop.ExportError) as error:
+    with pytest.raises(model_files.ExportError) as error:
         train_and_evaluate(tiny_config(export_path=UNWRITABLE), str(workdir))
     return workdir, str(error.value)
 
