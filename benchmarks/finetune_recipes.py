@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.machine import cpu_model
 from benchmarks.transfer_sets import SETS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -89,18 +89,6 @@ def finetune(
     final = [r for r in rows if "eval_accuracy" in r][-1]
     return dict(eval_accuracy=final["eval_accuracy"], first_loss=train[0]["train_loss"], steps=final["step"],
                 seconds=seconds)
-
-
-def cpu_model() -> str:
-    """The processor's model name and its vector-unit flags, from /proc/cpuinfo where there is one."""
-    try:
-        lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    vector = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if flag in flags]
-    return f"{model} ({' '.join(vector)})"
 
 
 def row(cells: list[str]) -> str:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.resume --data-dir /tmp/photos_tfds [--tree /path/to/another/checkout]
 
-Uses the set of `benchmarks.input_pipeline` (JPEGs of ImageNet's sizes cut from real
+Uses the set of `benchmarks.photos` (JPEGs of ImageNet's sizes cut from real
 photographs, in TFDS TFRecord shards; built once under `--data-dir`). Each measurement is a fresh
 process that opens the dataset, then builds `train_batches(start_step=k)` and takes one batch:
 the seconds from building the iterator to the batch, and the bytes the process read meanwhile
@@ -20,7 +20,9 @@ import subprocess
 import sys
 import time
 
-from benchmarks.input_pipeline import REPO, build_dataset, dataset_dir, machine_line
+from benchmarks.input_pipeline import REPO
+from benchmarks.machine import machine_line
+from benchmarks.photos import build_dataset, dataset_dir
 
 def first_batch(data_dir: str, start_step: int, batch: int, shuffle_buffer: int) -> dict[str, float]:
     """Seconds and MB read from building the iterator at `start_step` to its first batch."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from benchmarks import memory
-from benchmarks.speed import Contender, ratios_per_round, table
+from benchmarks.speed_report import ratios_per_round, table
+from benchmarks.timing import Contender
 
 
 def timed(name: str, seconds: list[float], kind: str = "train") -> dict:
@@ -38,15 +39,15 @@ def test_peak_of_a_call_counts_what_it_allocates_and_frees():
 
 
 def test_input_pipeline_builds_imagenet_like_jpegs_and_times_the_training_iterator(tmp_path):
-    from benchmarks import input_pipeline
+    from benchmarks import photos, pipeline_probes
 
-    data_dir = input_pipeline.dataset_dir(tmp_path, examples=16, grain=30)
-    input_pipeline.build_dataset(data_dir, examples=16, grain=30, shards=2)
-    stats = input_pipeline.dataset_stats(data_dir)
+    data_dir = photos.dataset_dir(tmp_path, examples=16, grain=30)
+    photos.build_dataset(data_dir, examples=16, grain=30, shards=2)
+    stats = photos.dataset_stats(data_dir)
     assert stats["examples"] == 16 and stats["shards"] == 2 and stats["classes"] == 10
     assert 120 <= stats["mean_height"] <= 500 and 120 <= stats["mean_width"] <= 500
 
-    result = input_pipeline.measure_pipeline(str(data_dir), image_size=32, batch=8, warmup=1, batches=1)
+    result = pipeline_probes.measure_pipeline(str(data_dir), image_size=32, batch=8, warmup=1, batches=1)
     # The current code yields uint8 pixels and int32 labels: 32 * 32 * 3 + 4 bytes per image.
     assert result["dtype"] == "uint8" and result["bytes_per_image"] == 32 * 32 * 3 + 4
     assert result["images"] == 8 and result["images_per_s"] > 0

@@ -23,7 +23,7 @@ import numpy as np
 from mobilenet_jax import weights
 from mobilenet_jax.commands import COMMAND_ERRORS, CommandParser, exit_for_command
 from mobilenet_jax.data.spec import NORMALIZATIONS
-from mobilenet_jax.export.exporters import FORMATS, export, uses_trained_ranges
+from mobilenet_jax.export.exporters import FORMATS, export
 from mobilenet_jax.interop.preprocessing import check_size
 from mobilenet_jax.paths import to_path
 
@@ -70,10 +70,9 @@ def run_check(args: argparse.Namespace) -> str:
     calibration = (
         datasets.calibration_images(args.calibration, deployable, data_dir=args.data_dir) if args.calibration else None
     )
-    trained = uses_trained_ranges(deployable)  # a quantization-aware model: the JAX int8 needs no calibration
     exports = [
         (name, kind) for name, kind in check.ALL_EXPORTS
-        if calibration is not None or kind != "int8" or (trained and name == "stablehlo")
+        if calibration is not None or not FORMATS[name].kinds.needs_calibration(deployable, kind)
     ]
     results = check.check_exports(deployable, images, labels, calibration, exports)
     source = f"{len(images)} images of {data}" if data else f"{len(images)} random images"

@@ -25,7 +25,7 @@ from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.inference import predict
 
 TOLERANCES = {"float32": 1e-4, "float16": 1e-2}
-ALL_EXPORTS: tuple[tuple[str, str], ...] = tuple((name, kind) for name, f in FORMATS.items() for kind in f.kinds)
+ALL_EXPORTS: tuple[tuple[str, str], ...] = tuple((name, kind) for name, f in FORMATS.items() for kind in f.kinds.names)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from mobilenet_jax.export import onnx, savedmodel, stablehlo, tflite
-from mobilenet_jax.export.quantize import has_trained_ranges
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.source import Deployable, load_weights
+from mobilenet_jax.export.writer import Kinds
 
 Runner = Callable[[np.ndarray], np.ndarray]
 
@@ -24,7 +24,7 @@ Runner = Callable[[np.ndarray], np.ndarray]
 class Format:
     """One export format: its kinds, its writer and its loader."""
 
-    kinds: tuple[str, ...]
+    kinds: Kinds
     write: Callable[..., Any]  # (deployable, path, *, kind, calibration)
     load: Callable[[str, int | None], Runner]  # (path, threads) -> images -> logits
     suffix: str
@@ -79,7 +79,7 @@ def export(
         weights, image_size=image_size, normalization=normalization
     )
     if isinstance(calibration, str):
-        if kind != "int8" or (format == "stablehlo" and uses_trained_ranges(deployable)):
+        if not chosen.kinds.needs_calibration(deployable, kind):
             calibration = None
         else:  # the data pipeline needs the train extra (TensorFlow, ml_collections): import on use
             from mobilenet_jax.export.datasets import calibration_images
@@ -87,11 +87,6 @@ def export(
             calibration = calibration_images(calibration, deployable, data_dir=data_dir)
     chosen.write(deployable, out, kind=kind, calibration=calibration)
     return deployable
-
-
-def uses_trained_ranges(deployable: Deployable) -> bool:
-    """Whether the JAX int8 model of `deployable` uses trained ranges (needs no calibration)."""
-    return has_trained_ranges(deployable.model, deployable.variables)
 
 
 def load_exported(format: str, path: str, num_threads: int | None = None) -> Runner:

@@ -1,20 +1,12 @@
 """ONNX export for ONNX Runtime: tf2onnx from the float32 LiteRT flatbuffer, int8 by ONNX Runtime.
 
-Route, and why: `tf2onnx` cannot read the `jax2tf` SavedModel (its graph is one
-`XlaCallModule` op, which tf2onnx has no handler for), but it converts the LiteRT flatbuffer,
-whose builtin ops (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED) map one to one onto ONNX Conv
-(with `group` for depthwise) and Gemm. `jax2onnx` (direct from JAX) could not be installed
-beside this project's pinned `orbax-checkpoint`.
-
-The model has a fixed batch size (default 1). With a symbolic batch the converted graph
-broadcasts every bias through Shape/Expand ops: at 1.0-224, batch 32, ONNX Runtime took 810 ms
-against 260 ms for the fixed-batch graph (2 threads, same weights). `OnnxModel` runs any number
-of images through a fixed-batch model in padded chunks. Kind "int8" quantizes that float model with ONNX Runtime's static QDQ quantization:
-int8 weights per output channel and int8 activations calibrated on a representative dataset,
-except the stem convolution (3 input channels, under 2 % of the mult-adds), which stays float:
-quantized, it alone cost the trained digits model 3 points of accuracy on this x86 CPU (93.9 %
-top-1 agreement with the Flax model, against 99.4 % with the stem in float; min-max, percentile,
-uint8 and reduced-range calibration all measured no better).
+tf2onnx converts the flatbuffer of `tflite.export_tflite`, whose builtin ops (CONV_2D,
+DEPTHWISE_CONV_2D, FULLY_CONNECTED) map one to one onto ONNX Conv (with `group` for depthwise)
+and Gemm. The model has a fixed batch size (default 1); `OnnxModel` runs any number of images
+through it in padded chunks. Kind "int8" quantizes the float model with ONNX Runtime's static QDQ
+quantization: int8 weights per output channel and int8 activations calibrated on a
+representative dataset, except the stem convolution, which stays float. docs/deploy.md says why
+this route, the fixed batch and the float stem.
 """
 
 from __future__ import annotations
@@ -27,10 +19,11 @@ import numpy as np
 from etils import epath
 
 from mobilenet_jax.export.runtime import require
-from mobilenet_jax.export.source import Deployable, check_kind
+from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.export.tflite import export_tflite
+from mobilenet_jax.export.writer import Kinds, written
 
-KINDS = ("float32", "int8")
+KINDS = Kinds("ONNX", ("float32", "int8"))
 OPSET = 17
 
 
@@ -47,7 +40,7 @@ def export_onnx(
     `calibration` (needed for "int8" only) yields float32 NHWC image batches. The bytes are also
     written to `path` when given.
     """
-    check_kind("ONNX", kind, KINDS, calibration)
+    KINDS.check(deployable, kind, calibration)
     tf2onnx = require("tf2onnx")
     with tempfile.TemporaryDirectory() as tmp:
         flatbuffer = os.path.join(tmp, "model.tflite")
@@ -56,9 +49,7 @@ def export_onnx(
     data = proto.SerializeToString()
     if kind == "int8":
         data = _quantize_static(data, calibration, batch_size)
-    if path is not None:
-        epath.Path(path).write_bytes(data)
-    return data
+    return written(data, path)
 
 
 def _quantize_static(model: bytes, calibration: Iterable[np.ndarray], batch_size: int) -> bytes:

@@ -9,11 +9,7 @@ quantization="int8")`) tracked in training, or else calibrated on a representati
 min/max (post-training quantization). Each layer multiplies the integer activations by the
 integer weights with exact int32 accumulation (`preferred_element_type=int32`) and rescales to
 float by `input_scale * kernel_scale` before the bias and activation, the arithmetic of an int8
-runtime with float requantization.
-
-A library was not used: `qwix` quantizes the `dot_general` / `conv` calls of a traced Flax
-model, while this model's CPU form computes the depthwise layers as shifted multiply-adds, which
-it would leave in float; the folded inference function here has exactly one conv per layer.
+runtime with float requantization. docs/deploy.md says why this scheme rather than a library.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ from typing import Any
 
 from mobilenet_jax.export.folding import inference_fn
 from mobilenet_jax.export.runtime import require
-from mobilenet_jax.export.source import Deployable, check_kind
+from mobilenet_jax.export.source import Deployable
+from mobilenet_jax.export.writer import Kinds
 
-KINDS = ("float32",)
+KINDS = Kinds("SavedModel", ("float32",))
 IMAGES_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 
@@ -42,7 +43,7 @@ def export_savedmodel(deployable: Deployable, path: str, *, kind: str = "float32
     photographs (`preprocess_for_eval`: crop S / (S + 32) of the shorter side, the deployable's
     normalisation).
     """
-    check_kind("SavedModel", kind, KINDS, calibration)
+    KINDS.check(deployable, kind, calibration)
     tf = require("tensorflow")
     forward = tf_function(deployable)
     preprocess = _preprocessing(deployable)

@@ -44,13 +44,3 @@ def load_weights(
     model, variables, recipe = load_pretrained(weights_ref, image_size=image_size, normalization=normalization)
     return Deployable(model, variables, recipe.size, normalization or normalization_of(recipe))
 
-
-def check_kind(
-    format_name: str, kind: str, kinds: tuple[str, ...], calibration: Any, trained_ranges: bool = False
-) -> None:
-    """Raise a one-line ValueError for a kind the format lacks, or int8 without calibration data
-    (unless the format uses the `trained_ranges` of a quantization-aware model instead)."""
-    if kind not in kinds:
-        raise ValueError(f"{format_name} kind must be one of {kinds}, got {kind!r}")
-    if kind == "int8" and calibration is None and not trained_ranges:
-        raise ValueError(f"{format_name} kind 'int8' needs calibration images: pass --calibration digits or a folder")

@@ -16,11 +16,11 @@ import numpy as np
 from etils import epath
 
 from mobilenet_jax.export.folding import inference_fn
-from mobilenet_jax.export.quantize import has_trained_ranges, int8_inference_fn
-from mobilenet_jax.export.source import Deployable, check_kind
+from mobilenet_jax.export.quantize import int8_inference_fn
+from mobilenet_jax.export.source import Deployable
+from mobilenet_jax.export.writer import Kinds, written
 
-
-KINDS = ("float32", "int8")
+KINDS = Kinds("StableHLO", ("float32", "int8"), trained_ranges=True)
 
 
 def export_stablehlo(
@@ -37,9 +37,8 @@ def export_stablehlo(
     model with trained ranges, which uses those and ignores `calibration`. `platforms` (e.g.
     ("cpu", "cuda", "tpu")) defaults to the current backend. The bytes are also written to `path`.
     """
+    KINDS.check(deployable, kind, calibration)
     model, variables = deployable.model, deployable.variables
-    trained = kind == "int8" and has_trained_ranges(model, variables)
-    check_kind("StableHLO", kind, KINDS, calibration, trained_ranges=trained)
     size = deployable.image_size
     (batch,) = jax.export.symbolic_shape("b")
     spec = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
@@ -47,10 +46,7 @@ def export_stablehlo(
         inference_fn(model, variables) if kind == "float32" else int8_inference_fn(model, variables, calibration)
     )
     exported = jax.export.export(forward, platforms=platforms)(spec)
-    data = exported.serialize()
-    if path is not None:
-        epath.Path(path).write_bytes(data)
-    return data
+    return written(exported.serialize(), path)
 
 
 def load_stablehlo(path: str) -> Callable[[jax.Array], jax.Array]:

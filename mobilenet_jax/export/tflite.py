@@ -20,9 +20,10 @@ from etils import epath
 
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.savedmodel import tf_function
-from mobilenet_jax.export.source import Deployable, check_kind
+from mobilenet_jax.export.source import Deployable
+from mobilenet_jax.export.writer import Kinds, written
 
-KINDS = ("float32", "float16", "dynamic_int8", "int8")
+KINDS = Kinds("TFLite", ("float32", "float16", "dynamic_int8", "int8"))
 
 
 def export_tflite(
@@ -40,7 +41,7 @@ def export_tflite(
     symbolic, at the cost of shape-computing ops (SHAPE, BROADCAST_TO) that XNNPACK does not take.
     The bytes are also written to `path` when given.
     """
-    check_kind("TFLite", kind, KINDS, calibration)
+    KINDS.check(deployable, kind, calibration)
     tf = require("tensorflow")
     forward = tf_function(deployable, batch_size)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], forward)
@@ -54,10 +55,7 @@ def export_tflite(
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
-    data = converter.convert()
-    if path is not None:
-        epath.Path(path).write_bytes(data)
-    return data
+    return written(converter.convert(), path)
 
 
 class TFLiteModel:

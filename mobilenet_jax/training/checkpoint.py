@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state in `workdir/checkpoints`, and the config they were made with.
+"""Orbax checkpoints of the train state in `workdir/checkpoints`, each with the record of its run.
 
 Saves are asynchronous and atomic (Orbax writes into a temporary folder and renames it when
 complete), so a crash mid-write leaves the previous checkpoint as the latest. Each checkpoint
@@ -12,43 +12,28 @@ does.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import json
 import logging
-import os
-import re
 import sys
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import traverse_util
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 from tqdm import tqdm
 
 from mobilenet_jax.paths import to_path
 from mobilenet_jax.training import hosts
+from mobilenet_jax.training.checkpoint_errors import (
+    full_disk_named,
+    not_a_full_disk_report,
+    silence_abandoned_tasks,
+    without_log_lines,
+)
 from mobilenet_jax.training.state import TrainState
-from mobilenet_jax.weights import CONFIG_FILE
 
 CHECKPOINT_DIR = "checkpoints"
 ITEM = "default"  # the folder of the state in each step folder, as CheckpointManager names a single item
-# The only fields a resumed run may change: when and how much to log, evaluate, checkpoint and
-# export, how long to train (num_epochs / num_train_steps extend a run), where the data lies, and
-# how the same computation is laid out. Every other field changes what the checkpoint means.
-RESUMABLE_FIELDS = frozenset({
-    "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints", "keep_best_checkpoint",
-    "eval_only", "export_path", "num_epochs", "num_train_steps", "skip_nonfinite_updates", "data_dir",
-    "prefetch", "cache", "eval_batch_size", "eval_split", "parallelism",
-    "model.depthwise_impl", "model.batch_norm_impl", "model.stem_impl",
-})
-# Recorded beside the config: the class count comes from the data, not from a field.
-NUM_CLASSES = "num_classes"
-# How TensorStore names the OS error behind a failed write (it raises them as ValueErrors).
-_OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]")
-FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class RestoreDisagreement(RuntimeError):
@@ -104,8 +89,8 @@ class Checkpoints:
         self._record = dict(record) if record is not None else None
         self._damaged: set[int] = set()
         self._reader = ocp.StandardCheckpointHandler()
-        logging.getLogger("absl").addFilter(_not_a_full_disk_report)
-        with _without_log_lines("Given directory is read only"):  # what read_only asked for, not news
+        logging.getLogger("absl").addFilter(not_a_full_disk_report)
+        with without_log_lines("Given directory is read only"):  # what read_only asked for, not news
             self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -131,7 +116,7 @@ class Checkpoints:
             return
         if hosts.any_process(step in self._manager.all_steps()):
             return
-        with self._write_errors_named():
+        with full_disk_named(self.directory):
             self._manager.save(
                 step,
                 args=ocp.args.StandardSave(_state_tree(state)),
@@ -154,7 +139,7 @@ class Checkpoints:
             try:
                 restored, reason = self._read(candidate, abstract), ""
             except Exception as error:  # Orbax and TensorStore raise many types for a damaged file
-                _silence_abandoned_tasks()
+                silence_abandoned_tasks()
                 restored, reason = None, f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:160]}"
             failed = hosts.gathered_flags(bool(reason))
             if not failed.any():
@@ -196,7 +181,7 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Block until every started save is on disk."""
-        with self._write_errors_named():
+        with full_disk_named(self.directory):
             self._manager.wait_until_finished()
 
     def __enter__(self) -> Checkpoints:
@@ -208,183 +193,19 @@ class Checkpoints:
     def close(self) -> None:
         """Finish pending saves and release the manager (also on leaving a `with` block)."""
         try:
-            with self._write_errors_named():
+            with full_disk_named(self.directory):
                 self._manager.close()
         finally:
             self._reader.close()
-            logging.getLogger("absl").removeFilter(_not_a_full_disk_report)
-
-    @contextlib.contextmanager
-    def _write_errors_named(self) -> Iterator[None]:
-        """A full disk met by a save (an OSError, or TensorStore's ValueError naming the errno)
-        re-raised as one OSError with that errno, naming the folder and what to do."""
-        try:
-            yield
-        except (OSError, ValueError) as error:
-            code = _full_disk_errno(error)
-            if code is None:
-                raise
-            raised = OSError(
-                f"cannot write checkpoints in {self.directory}: {os.strerror(code).lower()}; free space there, "
-                "then rerun the same command: it resumes from the last complete checkpoint"
-            )
-            raised.errno = code
-            raise raised from None
-
-
-@contextlib.contextmanager
-def _without_log_lines(prefix: str) -> Iterator[None]:
-    """Orbax's log records starting with `prefix` dropped while the block runs."""
-    logger = logging.getLogger("absl")
-    drop = lambda record: not record.getMessage().startswith(prefix)  # noqa: E731
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
-
-
-def _full_disk_errno(error: BaseException | None) -> int | None:
-    """ENOSPC or EDQUOT when `error` is a full disk (an OSError, or TensorStore's ValueError
-    that names the errno), else None."""
-    if isinstance(error, OSError):
-        code = error.errno
-    else:
-        match = _OS_ERROR_CODE.search(str(error))
-        code = int(match[1]) if match else None
-    return code if code in FULL_DISK_ERRNOS else None
-
-
-def _not_a_full_disk_report(record: logging.LogRecord) -> bool:
-    """False for Orbax's logged reports of a full disk, which `Checkpoints` raises as one OSError:
-    its background threads log the error several times, each with a traceback. The first such
-    report, logged as the save fails, also silences the echoes of the save's abandoned tasks."""
-    full = _full_disk_errno(record.exc_info[1] if record.exc_info else None) is not None or any(
-        os.strerror(code) in record.getMessage() for code in FULL_DISK_ERRNOS
-    )
-    if full:
-        _silence_abandoned_tasks()
-    return not full
-
-
-def _silence_abandoned_tasks() -> None:
-    """Drop the echoes of a failed restore or save, once one has failed; nothing else is filtered.
-
-    When one array of a checkpoint cannot be read or written, Orbax closes its event loop while
-    TensorStore still finishes the checkpoint's other arrays: each of those reports "Event loop is
-    closed" as an unraisable exception, and asyncio logs every failed read, and every write a full
-    disk failed, again as an exception never retrieved. They only repeat the one-line report
-    `restore` prints or the error a save raises, and may arrive after it (the writes' as the
-    process exits), so they stay filtered for the rest of the process.
-    """
-    if getattr(sys.unraisablehook, "drops_abandoned_tasks", False):
-        return
-    previous = sys.unraisablehook
-
-    def hook(unraisable: Any) -> None:
-        error = unraisable.exc_value
-        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
-            previous(unraisable)
-
-    hook.drops_abandoned_tasks = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_not_an_abandoned_task)
-
-
-def _not_an_abandoned_task(record: logging.LogRecord) -> bool:
-    """False for asyncio's reports of a checkpoint read or full-disk write that nobody awaited."""
-    message = record.getMessage()
-    full_disk = _full_disk_errno(record.exc_info[1] if record.exc_info else None) is not None
-    return not ("exception was never retrieved" in message and ("async_deserialize" in message or full_disk))
-
-
-def flatten_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """{"model.alpha": 1.0, ...} from a nested config dict."""
-    return traverse_util.flatten_dict(json.loads(json.dumps(dict(config), default=_json_default)), sep=".")
+            logging.getLogger("absl").removeFilter(not_a_full_disk_report)
 
 
 def has_checkpoints(workdir: str) -> bool:
     """Whether `workdir` holds a complete checkpoint (a step folder; Orbax renames it into place last)."""
-    return bool(_steps_on_disk(workdir))
+    return bool(steps_on_disk(workdir))
 
 
-def _steps_on_disk(workdir: str) -> list[int]:
-    """The steps of the complete checkpoints in `workdir`, sorted."""
+def steps_on_disk(workdir: str) -> list[int]:
+    """The steps of the complete checkpoints in `workdir`, sorted, as this process sees them."""
     directory = to_path(workdir) / CHECKPOINT_DIR
     return sorted(int(path.name) for path in directory.iterdir() if path.name.isdigit()) if directory.is_dir() else []
-
-
-def run_record(config: Mapping[str, Any], num_classes: int) -> dict[str, Any]:
-    """What a run records of itself, in each checkpoint and in `config.json`: the flat config
-    and the data's class count."""
-    return {**flatten_config(config), NUM_CLASSES: num_classes}
-
-
-def saved_record(workdir: str) -> dict[str, Any] | None:
-    """The run record of the latest checkpoint in `workdir`, the one a resume restores; None
-    when the workdir holds no checkpoint.
-
-    Checkpoints written before they carried their record fall back to the workdir's config.json;
-    with neither, a ValueError says what to do. The latest step is process 0's (a collective with
-    several processes); every process then reads that step's record.
-    """
-    steps = hosts.from_process_zero(_steps_on_disk(workdir))
-    if not steps:
-        return None
-    directory = to_path(workdir) / CHECKPOINT_DIR
-    try:
-        with _without_log_lines("Metadata file does not exist"):  # a step of older code, or damaged
-            record = ocp.metadata.get_step_metadata(directory / str(steps[-1])).custom_metadata
-    except (OSError, ValueError):  # no step metadata, or unreadable: the config.json fallback
-        record = None
-    if record:
-        return dict(record)
-    config_path = to_path(workdir) / CONFIG_FILE
-    if config_path.exists():
-        return json.loads(config_path.read_text())
-    raise ValueError(
-        f"the checkpoints in {directory} record no config (written before checkpoints carried it) and "
-        f"{config_path} is missing: put back the config.json of the run that wrote them, or use a new --workdir"
-    )
-
-
-def check_resumable(workdir: str, record: Mapping[str, Any]) -> None:
-    """Refuse a run (`run_record`) that the workdir's checkpoints cannot serve.
-
-    Compares with `saved_record`, the record of the checkpoint a resume restores. Raises
-    ValueError naming every differing field outside RESUMABLE_FIELDS; reads only.
-    """
-    saved = saved_record(workdir)
-    if saved is None:
-        return
-    differing = [
-        f"{name}: checkpoint has {saved.get(name)!r}, config has {record.get(name)!r}"
-        for name in sorted(set(saved) | set(record))
-        if name not in RESUMABLE_FIELDS and saved.get(name) != record.get(name)
-    ]
-    if differing:
-        raise ValueError(
-            f"workdir {workdir} holds a run whose checkpoints do not fit this config; differing fields: "
-            + "; ".join(differing)
-            + ". Use a new --workdir, or restore those values (a resumed run may change only "
-            + ", ".join(sorted(RESUMABLE_FIELDS))
-            + ")."
-        )
-
-
-def save_record(workdir: str, record: Mapping[str, Any]) -> None:
-    """Write `record` as the workdir's config.json, its human-readable copy (process 0 only),
-    replacing it atomically."""
-    if jax.process_index() != 0:
-        return
-    path = to_path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written whole, then renamed: other processes may be reading the previous one.
-    staged = path.parent / (CONFIG_FILE + ".tmp")
-    staged.write_text(json.dumps(dict(record), indent=1, sort_keys=True))
-    staged.replace(path)
-
-
-def _json_default(value: Any) -> Any:
-    """ConfigDicts and other mappings as dicts; anything else as its string."""
-    return dict(value) if isinstance(value, Mapping) else str(value)

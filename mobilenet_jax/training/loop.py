@@ -22,7 +22,7 @@ import optax
 from mobilenet_jax.data.spec import DataSpec
 from mobilenet_jax.interop.preprocessing import for_run
 from mobilenet_jax.paths import to_path
-from mobilenet_jax.training import checkpoint, init, lock, mesh, optim
+from mobilenet_jax.training import checkpoint, init, lock, mesh, optim, run_record
 from mobilenet_jax.training.config import Experiment, resolve
 from mobilenet_jax.training.metrics import METRICS_FILE, MetricWriter, read_metrics
 from mobilenet_jax.training.model_files import ModelFiles, exported_variables
@@ -142,8 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps = optim.total_train_steps(experiment.optimizer, steps_per_epoch)
     tx, schedule = optim.create_optimizer(experiment.optimizer, steps_per_epoch)
     model = experiment.create_model(source.info.num_classes)
-    record = checkpoint.run_record(experiment.config.to_dict(), source.info.num_classes)
-    checkpoint.check_resumable(workdir, record)
+    record = run_record.run_record(experiment.config.to_dict(), source.info.num_classes)
+    run_record.check_resumable(workdir, record)
     runner = mesh.make_parallel(loop.parallelism, model, experiment.step)
     model_files = ModelFiles(
         workdir, loop.export_path, model, source.info.class_names,
@@ -173,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 variables, _ = exported_variables(runner.fetch(runner.from_global(state)), final)
                 model_files.write(variables, missing_only=True)
             return {**final, "step": start, "finished_before": True, "model_path": model_files.paths()[-1]}
-        checkpoint.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
+        run_record.save_record(workdir, record)  # only now: a refused or unrestorable run leaves it
         writer = MetricWriter(workdir, enabled=jax.process_index() == 0, total_steps=total_steps, initial_step=start)
         try:
             batches = pipeline.train_batches(

@@ -7,7 +7,7 @@ import pytest
 from export_models import images, quantization_aware, realistic_deployable
 from flax import traverse_util
 
-from mobilenet_jax.export import check, int8_inference_fn
+from mobilenet_jax.export import FORMATS, check, export, int8_inference_fn
 from mobilenet_jax.export import quantize as int8
 from mobilenet_jax.export.stablehlo import export_stablehlo, load_stablehlo
 from mobilenet_jax.inference import predict
@@ -90,6 +90,14 @@ def test_kernel_integers_are_the_trained_ones(trained):
     assert (factor < 0).any() and (factor > 0).any()
     trained_integers = np.round(kernel / kernel_scale(kernel))  # what fake_quant_kernel rounds to
     np.testing.assert_array_equal(layers["block5"]["pointwise"]["kernel"], np.sign(factor) * trained_integers)
+
+
+def test_only_the_stablehlo_int8_kind_of_trained_ranges_goes_without_calibration(trained, tmp_path):
+    needed = [(name, kind) for name, f in FORMATS.items() for kind in f.kinds.names
+              if f.kinds.needs_calibration(trained, kind)]
+    assert needed == [("tflite", "int8"), ("onnx", "int8")]
+    # The export API asks the same rule: a calibration set that does not exist is never opened.
+    export(trained, "stablehlo", str(tmp_path / "model.stablehlo"), kind="int8", calibration=str(tmp_path / "none"))
 
 
 def test_ranges_never_tracked_need_calibration():

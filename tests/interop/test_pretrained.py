@@ -160,7 +160,7 @@ def test_a_bare_model_safetensors_is_told_apart_by_its_width(tmp_path, alpha, en
 
 def test_run_config_is_the_one_training_writes():
     from mobilenet_jax import weights
-    from mobilenet_jax.training.checkpoint import CONFIG_FILE
+    from mobilenet_jax.training.run_record import CONFIG_FILE
 
     assert weights.CONFIG_FILE == CONFIG_FILE
 

@@ -18,7 +18,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import digits
-from mobilenet_jax.training import checkpoint
+from mobilenet_jax import weights
+from mobilenet_jax.training import checkpoint, run_record
 from mobilenet_jax.training.state import TrainState
 
 
@@ -65,9 +66,9 @@ def test_no_restorable_checkpoint_is_one_error_naming_them(tmp_path):
 
 def saved_run(workdir: pathlib.Path, **overrides) -> dict:
     """A workdir with a (fake) checkpoint folder and the config.json of digits with `overrides`."""
-    record = checkpoint.run_record(digits.get_config().to_dict(), num_classes=10)
+    record = run_record.run_record(digits.get_config().to_dict(), num_classes=10)
     (workdir / checkpoint.CHECKPOINT_DIR / "8").mkdir(parents=True)
-    checkpoint.save_record(str(workdir), record)
+    run_record.save_record(str(workdir), record)
     return dict(record, **overrides)
 
 
@@ -88,23 +89,23 @@ def saved_run(workdir: pathlib.Path, **overrides) -> dict:
 )
 def test_fields_that_change_the_meaning_of_a_checkpoint_are_refused_by_name(tmp_path, field, value):
     record = saved_run(tmp_path, **{field: value})
-    before = (tmp_path / checkpoint.CONFIG_FILE).read_text()
+    before = (tmp_path / weights.CONFIG_FILE).read_text()
     with pytest.raises(ValueError, match=rf"differing fields: {field}: checkpoint has .*, config has {value!r}\."):
-        checkpoint.check_resumable(str(tmp_path), record)
-    assert (tmp_path / checkpoint.CONFIG_FILE).read_text() == before
+        run_record.check_resumable(str(tmp_path), record)
+    assert (tmp_path / weights.CONFIG_FILE).read_text() == before
 
 
 def test_when_and_how_long_may_change_on_resume(tmp_path):
     record = saved_run(
         tmp_path, eval_every_steps=5, log_every_steps=1, checkpoint_every_steps=2, num_epochs=80.0, num_train_steps=900
     )
-    checkpoint.check_resumable(str(tmp_path), record)
-    assert json.loads((tmp_path / checkpoint.CONFIG_FILE).read_text())["num_epochs"] == 40.0  # only checked
+    run_record.check_resumable(str(tmp_path), record)
+    assert json.loads((tmp_path / weights.CONFIG_FILE).read_text())["num_epochs"] == 40.0  # only checked
 
 
 def digits_record(**overrides) -> dict:
     """The run record of the digits config, with `overrides`."""
-    return dict(checkpoint.run_record(digits.get_config().to_dict(), num_classes=10), **overrides)
+    return dict(run_record.run_record(digits.get_config().to_dict(), num_classes=10), **overrides)
 
 
 def test_each_checkpoint_records_its_run_and_a_resume_is_checked_against_it_not_config_json(tmp_path):
@@ -117,11 +118,11 @@ def test_each_checkpoint_records_its_run_and_a_resume_is_checked_against_it_not_
     expected = (r"differing fields: batch_size: checkpoint has 64, config has 32; label_smoothing: checkpoint has 0.0, "
                 r"config has 0.3; learning_rate: checkpoint has 0.4, config has 5.0\. Use a new --workdir")
     with pytest.raises(ValueError, match=expected):  # no config.json
-        checkpoint.check_resumable(str(tmp_path), changed)
-    checkpoint.save_record(str(tmp_path), changed)  # a config.json edited to match
+        run_record.check_resumable(str(tmp_path), changed)
+    run_record.save_record(str(tmp_path), changed)  # a config.json edited to match
     with pytest.raises(ValueError, match=expected):
-        checkpoint.check_resumable(str(tmp_path), changed)
-    checkpoint.check_resumable(str(tmp_path), digits_record(num_train_steps=900))
+        run_record.check_resumable(str(tmp_path), changed)
+    run_record.check_resumable(str(tmp_path), digits_record(num_train_steps=900))
 
 
 def test_checkpoints_that_record_no_run_and_no_config_json_are_refused_in_one_line(tmp_path):
@@ -130,10 +131,10 @@ def test_checkpoints_that_record_no_run_and_no_config_json_are_refused_in_one_li
     manager.wait()
     manager.close()
     with pytest.raises(ValueError) as refusal:
-        checkpoint.check_resumable(str(tmp_path), digits_record())
+        run_record.check_resumable(str(tmp_path), digits_record())
     assert str(refusal.value) == (
         f"the checkpoints in {tmp_path / checkpoint.CHECKPOINT_DIR} record no config (written before checkpoints "
-        f"carried it) and {tmp_path / checkpoint.CONFIG_FILE} is missing: put back the config.json of the run that "
+        f"carried it) and {tmp_path / weights.CONFIG_FILE} is missing: put back the config.json of the run that "
         "wrote them, or use a new --workdir"
     )
 

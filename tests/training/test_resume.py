@@ -275,7 +275,7 @@ def test_eval_only_and_the_export_reproduce_the_final_evaluation(baseline, tmp_p
     path = str(baseline / "mobilenet_v1.msgpack")
     with open(path + ".json") as f:
         model = MobileNetV1(**json.load(f))
-    config = json.loads((baseline / checkpoint.CONFIG_FILE).read_text())
+    config = json.loads((baseline / weights.CONFIG_FILE).read_text())
     pixels = next(create_eval_iterator(_Config(config), process_index=0, process_count=1))["image"]
     images = normalize_images(pixels, config["normalization"])
     apply = jax.jit(functools.partial(model.apply, train=False))
@@ -356,7 +356,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_name_and_kept(baseline, tmp_p
     (workdir / checkpoint.CHECKPOINT_DIR / "12" / "default" / "_METADATA").unlink()
     for array_file in (workdir / checkpoint.CHECKPOINT_DIR / "8" / "default").rglob("d/*"):
         os.truncate(array_file, array_file.stat().st_size // 2)
-    before = (workdir / checkpoint.CONFIG_FILE).read_text()
+    before = (workdir / weights.CONFIG_FILE).read_text()
     output = run(workdir, env)
     # The failed read's echoes (TensorStore's "Event loop is closed", asyncio's task errors) are silenced.
     assert "Traceback" not in output and "Event loop is closed" not in output and "never retrieved" not in output
@@ -366,7 +366,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_name_and_kept(baseline, tmp_p
     assert (workdir / checkpoint.CHECKPOINT_DIR / "12" / "default").is_dir()  # not deleted
     assert "checkpoint 8 in" in output and "is damaged and left as it is" in output
     assert train_rows(workdir)[-1] == train_rows(baseline)[-1]  # resumed from step 4, same result
-    assert (workdir / checkpoint.CONFIG_FILE).read_text() == before
+    assert (workdir / weights.CONFIG_FILE).read_text() == before
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from configs import digits
 from mobilenet_jax import weights
-from mobilenet_jax.training import checkpoint, lock, model_files, train_and_evaluate
+from mobilenet_jax.training import lock, model_files, train_and_evaluate
 from tiny_runs import tiny_flags
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def test_a_resume_is_checked_against_the_checkpoint_whatever_became_of_config_js
                                                                                   differing):
     workdir = tmp_path / "run"
     shutil.copytree(finished[0], workdir)
-    (workdir / checkpoint.CONFIG_FILE).unlink()
+    (workdir / weights.CONFIG_FILE).unlink()
     before = files(workdir)
     with pytest.raises(ValueError, match="differing fields: ") as error:
         train_and_evaluate(tiny_config(**overrides), str(workdir))
