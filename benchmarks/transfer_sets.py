@@ -17,8 +17,8 @@ seed, so every recipe and every framework sees the same files:
 
 from __future__ import annotations
 
+import argparse
 import pathlib
-import sys
 from typing import Callable, Iterator
 
 import numpy as np
@@ -126,5 +126,8 @@ def write_set(root: pathlib.Path, name: str, seed: int = 0) -> pathlib.Path:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Write the fine-tuning image-folder sets.")
+    parser.add_argument("root", type=pathlib.Path, help="the folder that receives one sub-folder per set")
+    root = parser.parse_args().root
     for set_name in SETS:
-        print(write_set(pathlib.Path(sys.argv[1]), set_name))
+        print(write_set(root, set_name))

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from mobilenet_jax.choices import check_choice
+
 # Per-channel (mean, std) on the 0..255 scale. timm's mean = std = 0.5 on [0, 1] ("half") is the
 # same map as Inception's x / 127.5 - 1.
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -32,9 +34,7 @@ INPUT_DTYPES = ("uint8", "float32")
 
 def check_normalization(name: str) -> str:
     """`name` if it is a normalisation convention, else a ValueError listing them."""
-    if name not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {name!r}")
-    return name
+    return check_choice("normalization", name, tuple(NORMALIZATIONS))
 
 
 def normalize(images: Any, convention: str) -> Any:
@@ -85,8 +85,7 @@ class DataSpec:
         for field in ("batch_size", "eval_batch_size", "shuffle_buffer"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-        if self.input_dtype not in INPUT_DTYPES:
-            raise ValueError(f"input_dtype must be one of {list(INPUT_DTYPES)}, got {self.input_dtype!r}")
+        check_choice("input_dtype", self.input_dtype, INPUT_DTYPES)
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0 (0: tuned by tf.data), got {self.prefetch}")
         if not 0 < self.crop_min_area <= 1:

@@ -12,6 +12,8 @@ from typing import Any
 
 from etils import epath
 
+from mobilenet_jax.choices import check_choice
+
 from mobilenet_jax.export.quantize import has_trained_ranges
 from mobilenet_jax.export.source import Deployable
 
@@ -35,8 +37,7 @@ class Kinds:
     def check(self, deployable: Deployable, kind: str, calibration: Any) -> None:
         """Raise a one-line ValueError for a kind the format lacks, or one that needs calibration
         images and has none."""
-        if kind not in self.names:
-            raise ValueError(f"{self.format_name} kind must be one of {self.names}, got {kind!r}")
+        check_choice(f"{self.format_name} kind", kind, self.names)
         if calibration is None and self.needs_calibration(deployable, kind):
             raise ValueError(
                 f"{self.format_name} kind 'int8' needs calibration images: pass --calibration digits or a folder"

@@ -17,6 +17,7 @@ import math
 from typing import Any, Mapping
 
 import numpy as np
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.data.spec import EVAL_CROP_PADDING, MAX_IMAGE_SIZE, NORMALIZATIONS, check_normalization
 from mobilenet_jax.model import MIN_INPUT_SIZE
 
@@ -53,10 +54,8 @@ class Preprocessing:
     resize: str = "crop_then_resize"
 
     def __post_init__(self) -> None:
-        if self.resize not in RESIZE_MODES:
-            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.resize!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {self.interpolation!r}")
+        check_choice("resize", self.resize, RESIZE_MODES)
+        check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         if not 0 < self.crop_fraction <= 1:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
         check_size(self.size)

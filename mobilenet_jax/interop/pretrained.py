@@ -23,6 +23,7 @@ from typing import Any, Callable, NamedTuple
 from etils import epath
 
 from mobilenet_jax import weights
+from mobilenet_jax.choices import check_choice
 from mobilenet_jax.data.spec import NORMALIZATIONS
 from mobilenet_jax.interop import download, keras, tf_slim, timm
 from mobilenet_jax.interop.layout import Converted
@@ -148,9 +149,7 @@ def unpacked(path: str | os.PathLike, source: str) -> Path:
 
 def convert_file(path: str | os.PathLike, source: str) -> Converted:
     """Convert the local file or folder at `path` with the converter named `source` (archives are extracted)."""
-    if source not in CONVERTERS:
-        raise ValueError(f"source must be one of {tuple(CONVERTERS)}, got {source!r}")
-    return CONVERTERS[source](unpacked(path, source))
+    return CONVERTERS[check_choice("source", source, tuple(CONVERTERS))](unpacked(path, source))
 
 
 def published_names(path: Path) -> list[str]:

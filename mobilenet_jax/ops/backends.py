@@ -48,7 +48,8 @@ CANONICAL = KernelDefaults(
     depthwise_grad_images_per_chunk=None,
 )
 
-# Measured rows only. CPU: 2-core Sapphire Rapids, MobileNet 1.0-224, batch 32 (BENCHMARKS.md).
+# Measured rows only. CPU: 2-core Intel Xeon (family 6 model 207, AVX-512, AMX), MobileNet 1.0-224, batch 32
+# (BENCHMARKS.md, "What auto picks").
 BACKEND_DEFAULTS: dict[str, KernelDefaults] = {
     "cpu": KernelDefaults(
         depthwise="shifted",
