@@ -4,8 +4,9 @@ The cache is `$MOBILENET_JAX_CACHE`, by default `~/.cache/mobilenet_jax`. A down
 into a temporary file beside its destination and is renamed into place only when complete and,
 where a sha256 is known, matching; otherwise nothing is left behind. For files whose sha256 is
 not pinned, the first download's digest is recorded beside the file (`<file>.sha256`) and every
-later use is checked against it. `local_copy` brings gs:// files into the cache for the readers
-that need a local file.
+later use is checked against it. `local_copy` and `local_file` bring gs:// files into the cache
+for the readers that need a local file; a cached copy with its object's size and modification
+time is not copied again.
 """
 
 from __future__ import annotations
@@ -146,13 +147,13 @@ def local_copy(path: str | os.PathLike) -> Path:
     """`path` on the local disk: a gs:// file, folder or checkpoint prefix is copied into the cache first.
 
     A file or prefix (or a prefix's `.index`) brings every object named `<prefix>` or
-    `<prefix>.*` beside it; a folder, everything under it. Each call copies again, so the copy
-    follows the bucket.
+    `<prefix>.*` beside it; a folder, everything under it. A file whose cached copy has its size
+    and modification time is kept, any other copied again: the copy follows the bucket.
     """
     path = to_path(path)
     if "://" not in os.fspath(path):
         return Path(path)
-    target = cache_dir() / os.fspath(path).replace("://", "/", 1)
+    target = _cached(path)
     if path.is_dir():
         for folder, _, names in path.walk():
             for name in names:
@@ -165,9 +166,32 @@ def local_copy(path: str | os.PathLike) -> Path:
     return target
 
 
+def local_file(path: str | os.PathLike) -> Path:
+    """The one file `path` on the local disk: a gs:// file alone is copied into the cache, where
+    `local_copy` would put it (and then keeps it)."""
+    path = to_path(path)
+    if "://" not in os.fspath(path):
+        return Path(path)
+    target = _cached(path)
+    _copy(path, target)
+    return target
+
+
+def _cached(path: epath.Path) -> Path:
+    """Where the cache keeps its copy of the gs:// `path`."""
+    return cache_dir() / os.fspath(path).replace("://", "/", 1)
+
+
 def _copy(source: epath.Path, destination: Path) -> None:
-    """Copy the file `source` to `destination`, renamed into place when complete."""
+    """Copy the file `source` to `destination`, renamed into place when complete and stamped with
+    the source's modification time; nothing is copied where `destination` has its size and time
+    (a source whose store gives no time, 0, is always copied)."""
+    stat = source.stat()
+    kept = destination.stat() if destination.exists() else None
+    if stat.mtime and kept is not None and (kept.st_size, int(kept.st_mtime)) == (stat.length, stat.mtime):
+        return
     destination.parent.mkdir(parents=True, exist_ok=True)
     partial = destination.with_name(destination.name + ".part")
     source.copy(partial, overwrite=True)
+    os.utime(partial, (stat.mtime, stat.mtime))
     os.replace(partial, destination)

@@ -16,13 +16,15 @@ class in model order.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from mobilenet_jax.interop.layout import ConvBN, Converted, assemble, from_tf_layout
 from mobilenet_jax.model import BLOCKS
+from mobilenet_jax.paths import to_path
 
 FIELDS = dict(activation="relu6", padding="same", bn_epsilon=1e-3, bn_momentum=0.99, min_depth=1)
 HEAD = ("conv_preds/kernel", "conv_preds/bias")
@@ -67,8 +69,8 @@ def _structural_groups() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def read_h5(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, Any]:
-    """Weights of a Keras MobileNet .h5 / .weights.h5 file as {"layer/weight": array}, or with
-    `shapes_only` their shapes (from the file's datasets: no values are read).
+    """Weights of a Keras MobileNet .h5 / .weights.h5 file (local or gs://) as {"layer/weight": array},
+    or with `shapes_only` their shapes (from the file's datasets: no values are read).
 
     Raises ValueError naming a file that is not HDF5 or holds no Keras weights.
     """
@@ -96,21 +98,25 @@ def read_h5(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, Any
     return table
 
 
-def _open_h5(path: str | os.PathLike) -> Any:
-    """The HDF5 file at `path` (an h5py.File), open for reading; FileNotFoundError or ValueError
-    naming it, ImportError naming h5py where it is missing."""
+@contextlib.contextmanager
+def _open_h5(path: str | os.PathLike) -> Iterator[Any]:
+    """The HDF5 file at `path` (local or gs://, read in place through a file object) as an
+    h5py.File; FileNotFoundError or ValueError naming it, ImportError naming h5py where it is missing."""
     try:
         import h5py  # only file reading needs h5py
     except ImportError as error:
         raise ImportError(f"reading {path} needs h5py: pip install h5py") from error
-    if not os.path.exists(path):
+    if not to_path(path).exists():
         raise FileNotFoundError(f"Keras weights file {path} does not exist")
-    try:
-        return h5py.File(path, "r")
-    except OSError as error:  # h5py's message ("file signature not found") names no file
-        raise ValueError(
-            f"{path} is not an HDF5 file h5py can read ({error}); pass a Keras .h5 weights file"
-        ) from error
+    with to_path(path).open("rb") as raw:
+        try:
+            file = h5py.File(raw, "r")
+        except OSError as error:  # h5py's message ("file signature not found") names no file
+            raise ValueError(
+                f"{path} is not an HDF5 file h5py can read ({error}); pass a Keras .h5 weights file"
+            ) from error
+        with file:
+            yield file
 
 
 def read_model(model: Any) -> dict[str, np.ndarray]:

@@ -152,7 +152,7 @@ def convert_file(path: str | os.PathLike, source: str) -> Converted:
     return CONVERTERS[check_choice("source", source, tuple(CONVERTERS))](unpacked(path, source))
 
 
-def published_names(path: Path) -> list[str]:
+def published_names(path: Path | epath.Path) -> list[str]:
     """The file names that may select a registry entry for the weights at `path`: its own, and
     those in the folder `path`."""
     return [path.name, *(p.name for p in path.iterdir())] if path.is_dir() else [path.name]

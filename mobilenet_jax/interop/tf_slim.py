@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 
 from mobilenet_jax.interop.layout import ConvBN, Converted, assemble, from_tf_layout
 from mobilenet_jax.model import BLOCKS
+from mobilenet_jax.paths import to_path
 
 SCOPE = "MobilenetV1"
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -48,24 +50,29 @@ def layer_names() -> list[ConvBN]:
 
 
 def checkpoint_prefix(path: str | os.PathLike) -> str:
-    """The checkpoint prefix at `path`: a prefix, its `.index` file, or a folder holding one."""
-    path = Path(path)
+    """The checkpoint prefix at `path` (local or gs://): a prefix, its `.index` file, or a folder holding one."""
+    given, path = path, to_path(path)
     if path.is_dir():
-        indexes = sorted(path.rglob("*.index"))
+        indexes = index_files(path)
         if not indexes:
             raise FileNotFoundError(
-                f"{path} holds no weights: no TensorFlow checkpoint (*.index) nor frozen graph ({FROZEN_GRAPH_PATTERN}); "
+                f"{given} holds no weights: no TensorFlow checkpoint (*.index) nor frozen graph ({FROZEN_GRAPH_PATTERN}); "
                 f"pass a checkpoint prefix, a .pb, a published .tgz, a model file or a finished run's workdir"
             )
         if len(indexes) > 1:
             raise FileNotFoundError(
-                f"{path} holds {len(indexes)} checkpoint .index files, expected 1; pass the checkpoint prefix"
+                f"{given} holds {len(indexes)} checkpoint .index files, expected 1; pass the checkpoint prefix"
             )
         path = indexes[0]
-    prefix = str(path)[: -len(".index")] if path.suffix == ".index" else str(path)
-    if not Path(prefix + ".index").exists():
+    prefix = os.fspath(path).removesuffix(".index")
+    if not to_path(prefix + ".index").exists():
         raise FileNotFoundError(f"no TensorFlow checkpoint at {prefix} ({prefix}.index is missing)")
     return prefix
+
+
+def index_files(folder: str | os.PathLike) -> list[epath.Path]:
+    """The checkpoint `.index` files under `folder` (local or gs://), sorted."""
+    return sorted(root / name for root, _, names in to_path(folder).walk() for name in names if name.endswith(".index"))
 
 
 def model_tensor_names() -> list[str]:

@@ -12,6 +12,7 @@ MobileNetV1 does not have: it is refused by name. A state dict with keys of any 
 
 from __future__ import annotations
 
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mobilenet_jax.interop.layout import ConvBN, Converted, assemble, expect_rank
+from mobilenet_jax.paths import to_path
 
 FIELDS = dict(activation="relu6", padding="torch", bn_epsilon=1e-5, bn_momentum=0.9, min_depth=8)
 STAGE_BLOCKS = (1, 2, 2, 6, 2)
@@ -28,6 +30,7 @@ _BN = ("weight", "bias", "running_mean", "running_var")
 _IGNORED_SUFFIX = ".num_batches_tracked"
 HEAD_CONV = ("conv_head.weight", *(f"bn2.{v}" for v in _BN))  # mobilenetv1_100h's, before pooling
 _SHOWN_KEYS = 3  # of the unexpected keys an error names
+_MAX_HEADER = 100_000_000  # bytes: the safetensors format's limit on its header
 
 
 def block_prefixes() -> list[str]:
@@ -45,22 +48,19 @@ def layer_names() -> list[ConvBN]:
 
 def read_file(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, Any]:
     """A state dict from a .safetensors file (read without torch) or a torch .pth / .pt / .bin, or
-    with `shapes_only` its tensors' shapes (from the safetensors header, or a memory-mapped torch file;
-    a legacy torch file is read whole).
+    with `shapes_only` its tensors' shapes (from the safetensors header, read alone, local or
+    gs://; or a memory-mapped torch file; a legacy torch file is read whole).
 
     Raises ValueError naming the file when it is not of its format, ImportError naming torch
     when a torch file needs it.
     """
     if Path(path).suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         try:
-            if shapes_only:
-                with safe_open(str(path), "numpy") as f:
-                    return {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
-            return load_file(str(path))
-        except SafetensorError as error:
+            return _safetensors_shapes(path) if shapes_only else load_file(str(path))
+        except (SafetensorError, ValueError, TypeError, KeyError, AttributeError) as error:
             raise ValueError(
                 f"{path} is not a readable .safetensors file ({_why(error)}); pass timm's model.safetensors"
             ) from error
@@ -78,6 +78,18 @@ def read_file(path: str | os.PathLike, shapes_only: bool = False) -> dict[str, A
         raise ValueError(
             f"{path} is not a readable PyTorch state dict ({_why(error)}); pass timm's weights file"
         ) from error
+
+
+def _safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The tensors' shapes in the header of the .safetensors file at `path` (local or gs://): its
+    first 8 bytes give the length N (little-endian) of the JSON that follows, naming each tensor's
+    dtype, shape and offsets; nothing beyond it is read."""
+    with to_path(path).open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size > _MAX_HEADER:
+            raise ValueError(f"a header of {size} bytes, over the format's {_MAX_HEADER}")
+        header = json.loads(f.read(size))
+    return {name: tuple(entry["shape"]) for name, entry in header.items() if name != "__metadata__"}
 
 
 def _why(error: Exception) -> str:

@@ -97,3 +97,19 @@ def test_a_file_of_another_format_is_named(tmp_path):
         (tmp_path / name).write_text("not weights")
         with pytest.raises(ValueError, match=f"{tmp_path / name} is not a readable"):
             timm.from_timm(tmp_path / name)
+
+
+def test_the_safetensors_header_gives_the_shapes_the_library_reads(tmp_path):
+    from safetensors import safe_open
+    from timm_state import write_safetensors
+
+    path = write_safetensors(str(tmp_path / "model.safetensors"), 0.25)
+    with safe_open(path, "numpy") as f:
+        expected = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    assert timm.read_file(path, shapes_only=True) == expected
+    for name, content in (("text", b"not weights"), ("list", (3).to_bytes(8, "little") + b"[1]"),
+                          ("cut", (99).to_bytes(8, "little") + b'{"a": ')):
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=f"{path} is not a readable .safetensors file"):
+            timm.read_file(path, shapes_only=True)

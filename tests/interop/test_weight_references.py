@@ -346,6 +346,59 @@ def test_gs_references_resolve_like_local_ones(cases, tmp_path, monkeypatch):
         assert seen[reference] == pytest.approx([size, normalization, size, normalization, normalization, kernel, kernel])
 
 
+GS_DESCRIBE_SCRIPT = """
+import json, sys
+from mobilenet_jax.interop.download import cache_dir
+from mobilenet_jax.training.init import describe, load_variables
+def cached():
+    return {str(p.relative_to(cache_dir())): p.stat().st_ino for p in cache_dir().rglob("*") if p.is_file()}
+seen = {}
+for reference in sys.argv[1:]:
+    described = describe(reference)
+    after_describe = cached()
+    kernel = load_variables(reference)["params"]["stem"]["conv"]["kernel"]
+    seen[reference] = [described.fields, described.normalization, after_describe, cached(), float(abs(kernel).sum())]
+print(json.dumps(seen))
+"""
+GS_FORMS = ("slim prefix", "keras .h5", "timm .safetensors", "timm .pth")
+
+
+def test_describing_gs_weights_copies_no_arrays_and_the_run_copies_them_once(cases, tmp_path, monkeypatch):
+    pytest.importorskip("gcp_storage_emulator")
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "data"))
+    from fake_gcs import fake_gcs
+
+    prefix = pathlib.Path(cases["slim prefix"].reference)
+    files = [*prefix.parent.iterdir(), *(pathlib.Path(cases[form].reference) for form in GS_FORMS[1:])]
+    with fake_gcs(tmp_path, BUCKET) as gcs:
+        for path in files:
+            upload(gcs["STORAGE_EMULATOR_HOST"], path, f"w/{path.name}")
+        references = [f"gs://{BUCKET}/w/{pathlib.Path(cases[form].reference).name}" for form in GS_FORMS]
+        env = dict(os.environ, **gcs, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                   MOBILENET_JAX_CACHE=str(tmp_path / "cache"))
+        done = subprocess.run([sys.executable, "-c", GS_DESCRIBE_SCRIPT, *references], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.splitlines()[-1])
+    cached = f"gs/{BUCKET}/w/"
+    index, data = cached + prefix.name + ".index", cached + prefix.name + ".data-00000-of-00001"
+    pth = cached + pathlib.Path(cases["timm .pth"].reference).name
+    before = {}
+    for form, reference in zip(GS_FORMS, references):
+        fields, normalization, after_describe, after_load, kernel = seen[reference]
+        local = init.describe(cases[form].reference)
+        assert (fields, normalization) == (local.fields, local.normalization)
+        assert kernel == pytest.approx(float(np.abs(cases[form].variables["params"]["stem"]["conv"]["kernel"]).sum()))
+        copied = set(after_describe) - set(before)
+        if form == "slim prefix":  # the checkpoint's variable list alone; the run adds its data, keeps the list
+            assert copied == {index} and data in after_load and after_load[index] == after_describe[index]
+        elif form == "timm .pth":  # lists no shapes up front: copied for the check, and the run reads that copy
+            assert copied == {pth} and after_load[pth] == after_describe[pth]
+        else:  # the .h5's datasets and the safetensors header are read in the bucket
+            assert copied == set()
+        before = after_load
+
+
 def test_a_fine_tuned_run_is_classified_with_its_own_class_names(tmp_path, image, capsys):
     model, variables = random_model(3, seed=15)
     workdir = tmp_path / "run"
