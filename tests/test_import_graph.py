@@ -1,4 +1,5 @@
-"""The package's import graph, lazy imports inside functions included, has no cycle."""
+"""The package's house rules: an import graph (lazy imports inside functions included) with no
+cycle, rooms that import nothing above them, and modules of at most MAX_MODULE_LINES lines."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pathlib
 import mobilenet_jax
 
 PACKAGE = pathlib.Path(mobilenet_jax.__file__).parent
+MAX_MODULE_LINES = 300
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -74,7 +76,26 @@ def test_the_import_graph_has_no_cycle():
     assert cycles(graph) == []
 
 
+def rooms_imported(graph: dict[str, set[str]], module: str) -> set[str]:
+    """The top-level rooms of the package (`interop`, `training`, ...) that `module` imports."""
+    return {m.split(".")[1] for m in graph[module] if m.count(".") >= 1}
+
+
 def test_the_model_knows_nothing_above_it():
     graph = import_graph()
-    for name in ("mobilenet_jax.model", "mobilenet_jax.layers"):
-        assert not {m for m in graph[name] if m.split(".")[1] in ("interop", "training", "export", "data")}
+    low = ["mobilenet_jax.model", "mobilenet_jax.layers", *(m for m in graph if m.startswith("mobilenet_jax.ops"))]
+    for name in low:
+        assert not rooms_imported(graph, name) & {"interop", "training", "export", "data"}, name
+
+
+def test_export_reads_model_files_not_training_runs():
+    graph = import_graph()
+    assert "export" in rooms_imported(graph, "mobilenet_jax.export.exporters")
+    for name in (m for m in graph if m.startswith("mobilenet_jax.export")):
+        assert "training" not in rooms_imported(graph, name), name
+
+
+def test_every_module_is_short():
+    lengths = {path.name: len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    assert max(lengths.values()) > 200
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}
