@@ -9,10 +9,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
-from mobilenet_jax import ENDPOINT_BLOCKS, VARIANTS, MobileNetV1, create_model, get_variant, scaled_channels
+from mobilenet_jax import BLOCKS, ENDPOINT_BLOCKS, VARIANTS, MobileNetV1, create_model, get_variant, scaled_channels
+from mobilenet_jax.model import block_geometry
 
 
 def output_shape(model: MobileNetV1, shape, **kwargs):
@@ -69,6 +71,36 @@ def test_atrous_endpoints_stop_at_the_output_stride(padding, output_stride, deep
         stride = int(name.split("_")[1])
         assert endpoints[name].shape[1:3] == (ceil(size[0], stride), ceil(size[1], stride))
     chex.assert_shape(endpoints[deepest], (1, ceil(size[0], output_stride), ceil(size[1], output_stride), 256))
+
+
+def test_atrous_geometry_is_tf_slims():
+    paper = tuple((stride, 1) for _, stride in BLOCKS)
+    assert block_geometry() == block_geometry(32) == paper
+    assert block_geometry(16) == paper[:11] + ((1, 1), (1, 2))
+    assert block_geometry(8) == paper[:5] + ((1, 1),) + ((1, 2),) * 6 + ((1, 4),)
+
+
+def test_atrous_gradients_of_the_shifted_form_equal_the_canonical_form():
+    # Eval mode: train-mode BatchNorm over two small images amplifies float32 rounding to ~3e-3
+    # of the gradients' scale between any two forms, at output stride 32 as at 16.
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    labels = jnp.array([1, 7])
+
+    def grads(depthwise_impl):
+        model = MobileNetV1(alpha=0.25, num_classes=10, output_stride=16, depthwise_impl=depthwise_impl)
+        variables = model.init(jax.random.key(1), x)
+
+        def loss(params, x):
+            logits = model.apply({**variables, "params": params}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        params, inputs = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+        return {**traverse_util.flatten_dict(params, sep="/"), "input": inputs}
+
+    canonical, shifted = grads("conv"), grads("shifted")
+    for path, expected in canonical.items():
+        scale = float(jnp.abs(expected).max())
+        np.testing.assert_allclose(shifted[path], expected, rtol=0, atol=1e-5 * scale, err_msg=path)
 
 
 def test_atrous_model_has_the_variables_of_the_paper_network():
