@@ -80,7 +80,10 @@ class Conv(nn.Module):
     def __call__(self, x: Array) -> Array:
         k, s, depthwise = self.kernel_size, self.stride, self.features is None
         if self.dilation != 1 and not depthwise:
-            raise ValueError(f"dilation is for depthwise convolutions only, got dilation={self.dilation} with features set")
+            raise ValueError(
+                f"dilation is for depthwise convolutions only, got dilation={self.dilation} with "
+                f"features={self.features}; use dilation=1 or features=None"
+            )
         shape = (k, k, 1, x.shape[-1]) if depthwise else (k, k, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         kernel = quantized_kernel(kernel, self.quantization)

@@ -14,6 +14,7 @@ import pytest
 from flax import traverse_util
 
 from mobilenet_jax import BLOCKS, ENDPOINT_BLOCKS, VARIANTS, MobileNetV1, create_model, get_variant, scaled_channels
+from mobilenet_jax.layers import Conv
 from mobilenet_jax.model import block_geometry
 
 
@@ -115,9 +116,11 @@ def output_shape_variables(model: MobileNetV1):
 
 
 def test_a_dilated_full_convolution_is_refused():
-    from mobilenet_jax.layers import Conv
-
-    with pytest.raises(ValueError, match=r"dilation is for depthwise convolutions only, got dilation=2"):
+    message = (
+        r"dilation is for depthwise convolutions only, got dilation=2 with features=8; use dilation=1 or "
+        "features=None"
+    )
+    with pytest.raises(ValueError, match=message):
         Conv(features=8, dilation=2).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
 
 
