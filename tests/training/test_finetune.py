@@ -165,9 +165,7 @@ def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matche
 def test_weights_fine_tune_at_output_stride_16_with_the_architecture_they_bring(converted):
     config = finetune_config(converted)
     config.model.output_stride = 16
-    experiment = config_gate.resolve(config)
-    assert experiment.model_fields["output_stride"] == 16
-    model = experiment.create_model(7)
+    model = config_gate.resolve(config).create_model(7)
     assert (model.output_stride, model.alpha, model.padding) == (16, 0.25, "same")
     loaded = init.load_variables(converted)
     state = init.start_from(fresh_state(model, optax.sgd(0.1), ema_decay=0.5), loaded)
