@@ -169,6 +169,7 @@ def get_config(recipe: str = "rmsprop") -> ml_collections.ConfigDict:
             bn_epsilon=1e-3,
             init_stddev=0.09,  # truncated normal
             depthwise_impl="auto",
+            output_stride=config_dict.placeholder(int),  # None: 32, the paper's; 16 or 8: atrous
         )
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from mobilenet_jax.ops.conv import conv_padding
-from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, VARIANTS, scaled_channels
+from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, VARIANTS, block_geometry, scaled_channels
 
 # Paper, Tables 6 and 7: mult-adds (millions) and parameters (millions) it reports.
 PAPER_MULT_ADDS = {"mobilenet_v1_100_224": 569, "mobilenet_v1_100_192": 418, "mobilenet_v1_100_160": 290,
@@ -31,10 +31,10 @@ class Counts:
     classifier_mult_adds: int
 
 
-def _conv_out(size: int, stride: int, padding: str) -> int:
-    """Output length of a 3x3 conv with `stride` on an input of length `size`."""
-    low, high = conv_padding((size, size), 3, stride, padding)[0]
-    return (size + low + high - 3) // stride + 1
+def _conv_out(size: int, stride: int, padding: str, dilation: int = 1) -> int:
+    """Output length of a 3x3 conv with `stride` and `dilation` on an input of length `size`."""
+    low, high = conv_padding((size, size), 3, stride, padding, dilation)[0]
+    return (size + low + high - 2 * dilation - 1) // stride + 1
 
 
 def count(
@@ -43,15 +43,17 @@ def count(
     num_classes: int = 1000,
     min_depth: int = 8,
     padding: str = "torch",
+    output_stride: int | None = None,
 ) -> Counts:
-    """Counts for MobileNetV1(alpha, num_classes, min_depth, padding) on `resolution` inputs."""
+    """Counts for MobileNetV1(alpha, num_classes, min_depth, padding, output_stride) on
+    `resolution` inputs."""
     h, w = (resolution, resolution) if isinstance(resolution, int) else resolution
     h, w = _conv_out(h, 2, padding), _conv_out(w, 2, padding)
     c = scaled_channels(STEM_CHANNELS, alpha, min_depth)
     conv_params, bn_params, conv_mult_adds = 27 * c, 2 * c, h * w * 27 * c
-    for out, stride in BLOCKS:
+    for (out, _), (stride, dilation) in zip(BLOCKS, block_geometry(output_stride)):
         out = scaled_channels(out, alpha, min_depth)
-        h, w = _conv_out(h, stride, padding), _conv_out(w, stride, padding)
+        h, w = _conv_out(h, stride, padding, dilation), _conv_out(w, stride, padding, dilation)
         conv_params += 9 * c + c * out
         bn_params += 2 * c + 2 * out
         conv_mult_adds += h * w * (9 * c + c * out)

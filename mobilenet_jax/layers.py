@@ -61,11 +61,14 @@ class Conv(nn.Module):
     input channel, kernel (k, k, 1, C), as `nn.Conv` with feature_group_count = C. `impl` picks
     the form of a k x k full ("stem") or depthwise convolution (`ops.backends`); `padding` is a
     convention of `ops.conv.conv_padding`; `quantization` one of `ops.quantize.QUANTIZATIONS`.
+    `dilation` (the atrous rate) spaces a depthwise kernel's taps that many pixels apart; a full
+    convolution takes only 1. It adds no variables.
     """
 
     features: int | None = None
     kernel_size: int = 3
     stride: int = 1
+    dilation: int = 1
     padding: str = "torch"
     impl: str = "auto"
     quantization: str | None = None
@@ -76,15 +79,20 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         k, s, depthwise = self.kernel_size, self.stride, self.features is None
+        if self.dilation != 1 and not depthwise:
+            raise ValueError(
+                f"dilation is for depthwise convolutions only, got dilation={self.dilation} with "
+                f"features={self.features}; use dilation=1 or features=None"
+            )
         shape = (k, k, 1, x.shape[-1]) if depthwise else (k, k, x.shape[-1], self.features)
         kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
         kernel = quantized_kernel(kernel, self.quantization)
         x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
         if not depthwise and k == s == 1:
             return channel_matmul(x, kernel[0, 0])
-        pad = conv_padding(x.shape[1:3], k, s, self.padding)
+        pad = conv_padding(x.shape[1:3], k, s, self.padding, self.dilation)
         if depthwise:
-            return DEPTHWISE_FNS[backends.resolve("depthwise", self.impl)](x, kernel, s, pad)
+            return DEPTHWISE_FNS[backends.resolve("depthwise", self.impl)](x, kernel, s, pad, self.dilation)
         return STEM_FNS[backends.resolve("stem", self.impl)](x, kernel, s, pad)
 
 

@@ -27,8 +27,8 @@ BLOCKS: tuple[tuple[int, int], ...] = (
     (512, 1), (512, 1), (512, 1), (512, 1), (512, 1),
     (1024, 2), (1024, 1),
 )
-# Backbone endpoints: the last feature map at each output stride, by the block that makes it.
-ENDPOINT_BLOCKS = {"stride_2": 1, "stride_4": 3, "stride_8": 5, "stride_16": 11, "stride_32": 13}
+# None and 32: the paper's network; 16 and 8: atrous (`block_geometry`).
+OUTPUT_STRIDES = (None, 32, 16, 8)
 MIN_INPUT_SIZE = 32
 # The classifier's `layers.InputQuantizer`: batch_stats classifier_input_quant/{low,high,tracked}.
 CLASSIFIER_INPUT_QUANTIZER = "classifier_input_quant"
@@ -37,6 +37,43 @@ CLASSIFIER_INPUT_QUANTIZER = "classifier_input_quant"
 def scaled_channels(channels: int, alpha: float, min_depth: int = 8) -> int:
     """Channels under width multiplier `alpha`: TF-Slim's max(int(c * alpha), min_depth)."""
     return max(int(channels * alpha), min_depth)
+
+
+def block_geometry(output_stride: int | None = None) -> tuple[tuple[int, int], ...]:
+    """(stride, dilation) of each block's depthwise conv at `output_stride` (one of OUTPUT_STRIDES).
+
+    TF-Slim's and timm's rule: walking the layers with the running stride (2 after the stem) and
+    rate 1, a layer that would stride 2 once the running stride equals `output_stride` runs at
+    stride 1 with the current rate, and the rate then doubles; every other layer runs at its
+    stride with the current rate. None and 32 give the paper's strides, all at rate 1.
+    """
+    target = check_choice("output_stride", output_stride, OUTPUT_STRIDES) or 32
+    current, rate, geometry = 2, 1, []
+    for _, stride in BLOCKS:
+        if stride > 1 and current == target:
+            geometry.append((1, rate))
+            rate *= stride
+        else:
+            geometry.append((stride, rate))
+            current *= stride
+    return tuple(geometry)
+
+
+def endpoint_blocks(output_stride: int | None = None) -> dict[str, int]:
+    """Backbone endpoints at `output_stride`: "stride_<s>" names the last block at stride s.
+
+    At output stride 32 (None): stride_2 ... stride_32, blocks 1, 3, 5, 11 and 13. At 16:
+    stride_2 ... stride_16, stride_16 being block 13; at 8: stride_2 ... stride_8, block 13.
+    """
+    current, blocks = 2, {}
+    for index, (stride, _) in enumerate(block_geometry(output_stride), start=1):
+        current *= stride
+        blocks[f"stride_{current}"] = index
+    return blocks
+
+
+# Backbone endpoints of the paper's network: the last feature map at each stride, by block.
+ENDPOINT_BLOCKS = endpoint_blocks()
 
 
 class MobileNetV1(nn.Module):
@@ -52,6 +89,9 @@ class MobileNetV1(nn.Module):
     0 keeps He normal (fan-out) for the convolutions and LeCun normal for the classifier.
     With `return_endpoints=True` the call returns `(output, endpoints)`, endpoints mapping
     "stride_2" ... "stride_32" to the last feature map at that output stride, for backbones.
+    `output_stride` 16 or 8 makes it atrous (`block_geometry`): the depthwise convs past that
+    stride run at stride 1 and dilated, with the same variables; the endpoints then go up to
+    "stride_16" or "stride_8", the deepest being the last block's output (`endpoint_blocks`).
 
     `quantization="int8"` makes the model quantization-aware: every convolution and classifier
     kernel is rounded onto its per-output-channel int8 grid, and every such layer's input onto
@@ -66,6 +106,7 @@ class MobileNetV1(nn.Module):
     dropout_rate: float = 0.0
     activation: str = "relu"
     padding: str = "torch"
+    output_stride: int | None = None
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     init_stddev: float = 0.0
@@ -98,6 +139,7 @@ class MobileNetV1(nn.Module):
             )
         check_choice("activation", self.activation, tuple(layers.ACTIVATIONS))
         check_choice("padding", self.padding, PADDINGS)
+        check_choice("output_stride", self.output_stride, OUTPUT_STRIDES)
         for operation, impls in backends.IMPLS.items():
             check_choice(f"{operation}_impl", getattr(self, f"{operation}_impl"), impls)
         check_choice("quantization", self.quantization, QUANTIZATIONS)
@@ -135,12 +177,14 @@ class MobileNetV1(nn.Module):
         pointwise = functools.partial(conv, kernel_size=1)
 
         x = unit(stem, name="stem")(x, train)
-        endpoints = {}
-        for index, (channels, stride) in enumerate(BLOCKS, start=1):
+        endpoints, endpoint_at = {}, endpoint_blocks(self.output_stride)
+        geometry = zip(BLOCKS, block_geometry(self.output_stride))
+        for index, ((channels, _), (stride, dilation)) in enumerate(geometry, start=1):
+            dilated = functools.partial(depthwise, dilation=dilation)
             x = layers.DepthwiseSeparable(
-                width(channels), stride, depthwise, pointwise, unit, name=f"block{index}"
+                width(channels), stride, dilated, pointwise, unit, name=f"block{index}"
             )(x, train)
-            endpoints.update({name: x for name, block in ENDPOINT_BLOCKS.items() if block == index})
+            endpoints.update({name: x for name, block in endpoint_at.items() if block == index})
 
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.num_classes:

@@ -13,11 +13,11 @@ def rand(seed: int, *shape: int) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
 
 
-def lax_conv(x, kernel, stride, padding, groups=1):
+def lax_conv(x, kernel, stride, padding, groups=1, dilation=1):
     """XLA's own convolution, the reference for every other formulation."""
     return lax.conv_general_dilated(
-        x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups, precision=lax.Precision.HIGHEST,
+        x, kernel, (stride, stride), padding, rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups, precision=lax.Precision.HIGHEST,
     )
 
 

@@ -49,16 +49,26 @@ def test_parameter_count_equals_the_models_variables(alpha, num_classes):
     assert sum(x.size for x in jax.tree.leaves(variables["batch_stats"])) == count(alpha, 224, num_classes).bn_params
 
 
-def test_mult_adds_equal_xla_flops_of_the_convolutions():
+@pytest.mark.parametrize("output_stride", [None, 16, 8])
+def test_mult_adds_equal_xla_flops_of_the_convolutions(output_stride):
     # XLA counts 2 flops per multiply-add of a dot; count() must agree on the GEMM layers.
-    model = MobileNetV1(alpha=0.25, num_classes=10, depthwise_impl="conv")
+    model = MobileNetV1(alpha=0.25, num_classes=10, depthwise_impl="conv", output_stride=output_stride)
     x = jnp.zeros((1, 64, 64, 3))
     variables = model.init(jax.random.key(0), x)
     cost = jax.jit(lambda v, x: model.apply(v, x)).lower(variables, x).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    expected = count(0.25, 64, 10).mult_adds
+    expected = count(0.25, 64, 10, output_stride=output_stride).mult_adds
     # Elementwise work (BatchNorm, ReLU, pooling) adds a few percent on top of 2 x mult-adds.
     assert 2 * expected <= cost["flops"] <= 2.2 * expected
+
+
+def test_atrous_counts_keep_the_feature_maps_at_the_output_stride():
+    # Past the output stride every layer keeps the size: blocks 12-13 at 14x14 instead of 7x7.
+    paper, atrous = count(1.0, 224, 1000), count(1.0, 224, 1000, output_stride=16)
+    block12, block13 = 9 * 512 + 512 * 1024, 9 * 1024 + 1024 * 1024
+    assert atrous.mult_adds - paper.mult_adds == (14 * 14 - 7 * 7) * (block12 + block13)
+    assert atrous.params == paper.params
+    assert count(1.0, 224, 1000, output_stride=32) == paper
 
 
 def test_counts_command_prints_the_16_variants():

@@ -49,3 +49,13 @@ def test_chunks_on_cpu_only():
     assert inference.default_images_per_chunk("cpu") == backends.BACKEND_DEFAULTS["cpu"].inference_images_per_chunk == 4
     assert inference.default_images_per_chunk("gpu") is None
     assert inference.default_images_per_chunk("tpu") is None
+
+
+def test_chunked_predict_of_an_atrous_model_equals_one_forward_pass(model_and_variables):
+    _, variables, images = model_and_variables
+    model = MobileNetV1(num_classes=10, alpha=0.25, output_stride=16)
+    whole, want = model.apply(variables, images, train=False, return_endpoints=True)
+    logits, endpoints = inference.predict(model.apply, variables, images, images_per_chunk=4, return_endpoints=True)
+    assert endpoints["stride_16"].shape[1:3] == (2, 2)
+    np.testing.assert_allclose(logits, whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(endpoints["stride_16"], want["stride_16"], rtol=1e-5, atol=1e-6)

@@ -9,10 +9,13 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
 
-from mobilenet_jax import ENDPOINT_BLOCKS, VARIANTS, MobileNetV1, create_model, get_variant, scaled_channels
+from mobilenet_jax import BLOCKS, ENDPOINT_BLOCKS, VARIANTS, MobileNetV1, create_model, get_variant, scaled_channels
+from mobilenet_jax.layers import Conv
+from mobilenet_jax.model import block_geometry
 
 
 def output_shape(model: MobileNetV1, shape, **kwargs):
@@ -54,6 +57,71 @@ def test_endpoints_have_the_advertised_strides(padding):
         channels = scaled_channels(expected_channels[name], alpha)
         chex.assert_shape(endpoints[name], (2, size // stride, size // stride, channels))
     assert ENDPOINT_BLOCKS == {"stride_2": 1, "stride_4": 3, "stride_8": 5, "stride_16": 11, "stride_32": 13}
+
+
+@pytest.mark.parametrize("padding", ["torch", "same"])
+@pytest.mark.parametrize("output_stride,deepest", [(16, "stride_16"), (8, "stride_8")])
+@pytest.mark.parametrize("size", [(96, 96), (97, 130)])
+def test_atrous_endpoints_stop_at_the_output_stride(padding, output_stride, deepest, size):
+    model = MobileNetV1(alpha=0.25, padding=padding, output_stride=output_stride)
+    _, endpoints = output_shape(model, (1, *size, 3), return_endpoints=True)
+    names = [f"stride_{s}" for s in (2, 4, 8, 16) if s <= output_stride]
+    assert set(endpoints) == set(names) and names[-1] == deepest
+    ceil = lambda n, s: -(-n // s)
+    for name in names:
+        stride = int(name.split("_")[1])
+        assert endpoints[name].shape[1:3] == (ceil(size[0], stride), ceil(size[1], stride))
+    chex.assert_shape(endpoints[deepest], (1, ceil(size[0], output_stride), ceil(size[1], output_stride), 256))
+
+
+def test_atrous_geometry_is_tf_slims():
+    paper = tuple((stride, 1) for _, stride in BLOCKS)
+    assert block_geometry() == block_geometry(32) == paper
+    assert block_geometry(16) == paper[:11] + ((1, 1), (1, 2))
+    assert block_geometry(8) == paper[:5] + ((1, 1),) + ((1, 2),) * 6 + ((1, 4),)
+
+
+def test_atrous_gradients_of_the_shifted_form_equal_the_canonical_form():
+    # Eval mode: train-mode BatchNorm over two small images amplifies float32 rounding to ~3e-3
+    # of the gradients' scale between any two forms, at output stride 32 as at 16.
+    x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    labels = jnp.array([1, 7])
+
+    def grads(depthwise_impl):
+        model = MobileNetV1(alpha=0.25, num_classes=10, output_stride=16, depthwise_impl=depthwise_impl)
+        variables = model.init(jax.random.key(1), x)
+
+        def loss(params, x):
+            logits = model.apply({**variables, "params": params}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        params, inputs = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
+        return {**traverse_util.flatten_dict(params, sep="/"), "input": inputs}
+
+    canonical, shifted = grads("conv"), grads("shifted")
+    for path, expected in canonical.items():
+        scale = float(jnp.abs(expected).max())
+        np.testing.assert_allclose(shifted[path], expected, rtol=0, atol=1e-5 * scale, err_msg=path)
+
+
+def test_atrous_model_has_the_variables_of_the_paper_network():
+    shapes = lambda model: jax.tree.map(lambda a: a.shape, output_shape_variables(model))
+    paper = shapes(MobileNetV1(alpha=0.25))
+    for output_stride in (32, 16, 8):
+        assert shapes(MobileNetV1(alpha=0.25, output_stride=output_stride)) == paper
+
+
+def output_shape_variables(model: MobileNetV1):
+    return jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+
+
+def test_a_dilated_full_convolution_is_refused():
+    message = (
+        r"dilation is for depthwise convolutions only, got dilation=2 with features=8; use dilation=1 or "
+        "features=None"
+    )
+    with pytest.raises(ValueError, match=message):
+        Conv(features=8, dilation=2).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
 
 
 def test_endpoints_are_the_real_feature_maps():
@@ -122,6 +190,7 @@ def test_bfloat16_computation_keeps_float32_params_and_logits():
         (dict(init_stddev=-0.1), "init_stddev must be >= 0"),
         (dict(num_classes=2.5), r"num_classes must be an int >= 0, got 2.5"),
         (dict(alpha="0.5"), r"alpha must be a number > 0, got '0.5'"),
+        (dict(output_stride=12), r"output_stride must be one of \(None, 32, 16, 8\), got 12$"),
     ],
 )
 def test_invalid_arguments_raise_clear_errors(kwargs, message):

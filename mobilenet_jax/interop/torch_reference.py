@@ -3,8 +3,9 @@
 The classic reference: every conv bias-free with BatchNorm (eps 1e-5, momentum 0.1) and ReLU,
 padding 1 on both sides at every stride, stride on the depthwise conv, average pool, linear.
 Generalised to a width multiplier, any class count, ReLU6, any BatchNorm epsilon, TensorFlow's
-SAME padding (as TF-Slim and Keras weights need) and any input size (a global mean where the
-original has `AvgPool2d(7)`: the same at 224).
+SAME padding (as TF-Slim and Keras weights need), any input size (a global mean where the
+original has `AvgPool2d(7)`: the same at 224) and output stride 16 or 8, dilated as timm's
+`mobilenetv1_100(output_stride=...)` is (`nn.Conv2d(dilation=d, padding=d)` on the torch padding).
 """
 
 from __future__ import annotations
@@ -17,17 +18,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilenet_jax.choices import check_choice
-from mobilenet_jax.model import BLOCKS, STEM_CHANNELS, scaled_channels
+from mobilenet_jax.model import BLOCKS, OUTPUT_STRIDES, STEM_CHANNELS, block_geometry, scaled_channels
 from mobilenet_jax.ops.conv import PADDINGS, conv_padding
 
 TORCH_ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
 class SameConv2d(nn.Conv2d):
-    """An unpadded nn.Conv2d that first pads its input by TensorFlow's SAME rule for that input's size."""
+    """An unpadded nn.Conv2d that first pads its input by TensorFlow's SAME rule for that input's
+    size and the conv's dilation."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (top, bottom), (left, right) = conv_padding(tuple(x.shape[2:]), self.kernel_size[0], self.stride[0], "same")
+        size, kernel, stride, dilation = tuple(x.shape[2:]), self.kernel_size[0], self.stride[0], self.dilation[0]
+        (top, bottom), (left, right) = conv_padding(size, kernel, stride, "same", dilation)
         return super().forward(F.pad(x, (left, right, top, bottom)))
 
 
@@ -36,23 +39,24 @@ class ConvBNAct(nn.Sequential):
 
     def __init__(
         self, c_in: int, c_out: int, kernel: int, stride: int, groups: int,
-        activation: str, padding: str, bn_epsilon: float,
+        activation: str, padding: str, bn_epsilon: float, dilation: int = 1,
     ):
         super().__init__()
+        conv = dict(groups=groups, dilation=dilation, bias=False)
         if padding == "same" and kernel > 1:  # a 1x1 conv pads nothing under either rule
-            self.conv = SameConv2d(c_in, c_out, kernel, stride, groups=groups, bias=False)
+            self.conv = SameConv2d(c_in, c_out, kernel, stride, **conv)
         else:
-            self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
+            self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=dilation * (kernel // 2), **conv)
         self.bn = nn.BatchNorm2d(c_out, eps=bn_epsilon)
         self.act = TORCH_ACTIVATIONS[activation](inplace=True)
 
 
 class DepthwiseSeparable(nn.Sequential):
-    """Depthwise 3x3 (carrying the stride) then pointwise 1x1; `layer` builds each ConvBNAct."""
+    """Depthwise 3x3 (carrying the stride and dilation) then pointwise 1x1; `layer` builds each ConvBNAct."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int, layer: Callable[..., ConvBNAct]):
+    def __init__(self, c_in: int, c_out: int, stride: int, dilation: int, layer: Callable[..., ConvBNAct]):
         super().__init__()
-        self.depthwise = layer(c_in, c_in, 3, stride, c_in)
+        self.depthwise = layer(c_in, c_in, 3, stride, c_in, dilation=dilation)
         self.pointwise = layer(c_in, c_out, 1, 1, 1)
 
 
@@ -61,6 +65,7 @@ class TorchMobileNetV1(nn.Module):
 
     `padding` "torch" pads every 3x3 conv (1, 1); "same" follows TensorFlow's SAME rule for each
     input's size (stride 2 on an even size: (0, 1)), like MobileNetV1(padding="same").
+    `output_stride` 16 or 8 dilates the depthwise convs by `model.block_geometry`'s rule.
     """
 
     def __init__(
@@ -72,18 +77,20 @@ class TorchMobileNetV1(nn.Module):
         dropout_rate: float = 0.0,
         padding: str = "torch",
         bn_epsilon: float = 1e-5,
+        output_stride: int | None = None,
     ):
         super().__init__()
         check_choice("activation", activation, tuple(TORCH_ACTIVATIONS))
+        check_choice("output_stride", output_stride, OUTPUT_STRIDES)
         layer = functools.partial(
             ConvBNAct, activation=activation, padding=check_choice("padding", padding, PADDINGS), bn_epsilon=bn_epsilon
         )
         channels = scaled_channels(STEM_CHANNELS, alpha, min_depth)
         self.stem = layer(3, channels, 3, 2, 1)
         blocks = []
-        for out, stride in BLOCKS:
+        for (out, _), (stride, dilation) in zip(BLOCKS, block_geometry(output_stride)):
             out = scaled_channels(out, alpha, min_depth)
-            blocks.append(DepthwiseSeparable(channels, out, stride, layer))
+            blocks.append(DepthwiseSeparable(channels, out, stride, dilation, layer))
             channels = out
         self.blocks = nn.Sequential(*blocks)
         self.dropout = nn.Dropout(dropout_rate)

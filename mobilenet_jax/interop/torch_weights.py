@@ -128,6 +128,7 @@ def torch_reference_from_flax(model: MobileNetV1, variables: Mapping[str, Any]) 
         dropout_rate=model.dropout_rate,
         padding=model.padding,
         bn_epsilon=model.bn_epsilon,
+        output_stride=model.output_stride,
     )
     reference.load_state_dict(flax_to_torch(variables))
     return reference.eval()

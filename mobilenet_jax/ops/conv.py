@@ -14,33 +14,39 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 PADDINGS = ("torch", "same")
 
 
-def conv_padding(size: tuple[int, int], kernel: int, stride: int, padding: str) -> Padding:
+def conv_padding(size: tuple[int, int], kernel: int, stride: int, padding: str, dilation: int = 1) -> Padding:
     """Explicit (low, high) padding per spatial axis for a `kernel` x `kernel` convolution.
 
-    "torch" pads (k // 2) on both sides at any stride, like `nn.Conv2d(padding=1)`. "same" is
-    TensorFlow's SAME rule: the total padding is split with the extra pixel at the end, so a
-    stride-2 3x3 conv on an even size pads (0, 1).
+    "torch" pads dilation * (k // 2) on both sides at any stride, like
+    `nn.Conv2d(padding=dilation)`. "same" is TensorFlow's SAME rule for the dilated kernel
+    ((k - 1) * dilation + 1 wide): the total padding is split with the extra pixel at the end,
+    so a stride-2 3x3 conv on an even size pads (0, 1).
     """
     if check_choice("padding", padding, PADDINGS) == "torch":
-        return ((kernel // 2, kernel // 2),) * 2
+        return ((dilation * (kernel // 2),) * 2,) * 2
+    extent = (kernel - 1) * dilation + 1
 
     def same(n: int) -> tuple[int, int]:
-        total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+        total = max((-(-n // stride) - 1) * stride + extent - n, 0)
         return (total // 2, total - total // 2)
 
     return (same(size[0]), same(size[1]))
 
 
-def shifted_windows(x: Array, kernel_size: int, stride: int, padding: Padding) -> list[Array]:
+def shifted_windows(
+    x: Array, kernel_size: int, stride: int, padding: Padding, dilation: int = 1
+) -> list[Array]:
     """The k*k strided views of padded `x` that meet kernel tap (i, j), in row-major tap order.
 
     Window (i, j) holds, at every output pixel, the input value that tap (i, j) multiplies, so a
-    convolution is a sum (depthwise) or a concatenation then GEMM (full) over these views.
+    convolution is a sum (depthwise) or a concatenation then GEMM (full) over these views. With
+    `dilation` d the taps are d pixels apart: window (i, j) starts at (i * d, j * d).
     """
     xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
     n, hp, wp, c = xp.shape
-    out_h = (hp - kernel_size) // stride + 1
-    out_w = (wp - kernel_size) // stride + 1
+    extent = (kernel_size - 1) * dilation + 1
+    out_h = (hp - extent) // stride + 1
+    out_w = (wp - extent) // stride + 1
     return [
         lax.slice(
             xp,
@@ -48,8 +54,8 @@ def shifted_windows(x: Array, kernel_size: int, stride: int, padding: Padding) -
             (n, i + (out_h - 1) * stride + 1, j + (out_w - 1) * stride + 1, c),
             (1, stride, stride, 1),
         )
-        for i in range(kernel_size)
-        for j in range(kernel_size)
+        for i in range(0, extent, dilation)
+        for j in range(0, extent, dilation)
     ]
 
 

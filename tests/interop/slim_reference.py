@@ -133,15 +133,32 @@ def publish(folder: Path, frozen_graph: Path, checkpoint: dict[str, np.ndarray],
     return archive
 
 
-def slim_forward(prefix: str, images: np.ndarray, use_ema: bool = True) -> np.ndarray:
+def slim_forward(prefix: str, images: np.ndarray, use_ema: bool = True, output_stride: int | None = None) -> np.ndarray:
     """TF-Slim's eval graph over the checkpoint: SAME convs, BatchNorm eps 1e-3, ReLU6, pooled
     1x1 conv with biases, spatially squeezed. With `use_ema` the shadows are read in place of
-    the variables, as slim's evaluation restores them. Without a classifier: pooled features."""
+    the variables, as slim's evaluation restores them. Without a classifier: pooled features.
+    With `output_stride` the base is atrous (`slim_features`) and the pool global, TF-Slim's
+    `global_pool=True`."""
     reader = tf.train.load_checkpoint(prefix)
+    get = _getter(reader, use_ema)
+    x = tf.constant(slim_features(prefix, images, use_ema, output_stride))
+    if output_stride is None:
+        kernel = [min(x.shape[1], 7), min(x.shape[2], 7)]
+        x = tf.nn.avg_pool2d(x, kernel, 1, "VALID")
+    else:
+        x = tf.reduce_mean(x, [1, 2], keepdims=True)
+    if not reader.has_tensor(tf_slim.HEAD[0]):
+        return tf.squeeze(x, [1, 2]).numpy()
+    x = tf.nn.conv2d(x, get(tf_slim.HEAD[0]), 1, "SAME") + get(tf_slim.HEAD[1])
+    return tf.squeeze(x, [1, 2]).numpy()
 
-    def get(name: str) -> tf.Tensor:
-        shadow = name + tf_slim.EMA_SUFFIX
-        return tf.constant(reader.get_tensor(shadow if use_ema and reader.has_tensor(shadow) else name))
+
+def slim_features(prefix: str, images: np.ndarray, use_ema: bool = True, output_stride: int | None = None) -> np.ndarray:
+    """The last pointwise layer's output of TF-Slim's `mobilenet_v1_base(output_stride=...)`,
+    written by its rule: walking the layers with `current_stride` and `rate` (1), once
+    `current_stride` equals `output_stride` every layer runs at stride 1 and dilation `rate`,
+    which then grows by the layer's stride; before that, each layer at its stride, undilated."""
+    get = _getter(tf.train.load_checkpoint(prefix), use_ema)
 
     def bn_relu6(x: tf.Tensor, layer: str) -> tf.Tensor:
         gamma, beta, mean, var = (get(f"MobilenetV1/{layer}/BatchNorm/{v}") for v in BN)
@@ -149,14 +166,25 @@ def slim_forward(prefix: str, images: np.ndarray, use_ema: bool = True) -> np.nd
 
     x = tf.constant(images)
     x = bn_relu6(tf.nn.conv2d(x, get("MobilenetV1/Conv2d_0/weights"), 2, "SAME"), "Conv2d_0")
+    current_stride, rate = 2, 1
     for i, (_, stride) in enumerate(BLOCKS, start=1):
+        if output_stride is not None and current_stride == output_stride:
+            layer_stride, layer_rate, rate = 1, rate, rate * stride
+        else:
+            layer_stride, layer_rate, current_stride = stride, 1, current_stride * stride
         dw = get(f"MobilenetV1/Conv2d_{i}_depthwise/depthwise_weights")
-        x = bn_relu6(tf.nn.depthwise_conv2d(x, dw, [1, stride, stride, 1], "SAME"), f"Conv2d_{i}_depthwise")
+        strides, dilations = [1, layer_stride, layer_stride, 1], [layer_rate, layer_rate]
+        x = bn_relu6(tf.nn.depthwise_conv2d(x, dw, strides, "SAME", dilations=dilations), f"Conv2d_{i}_depthwise")
         pw = get(f"MobilenetV1/Conv2d_{i}_pointwise/weights")
         x = bn_relu6(tf.nn.conv2d(x, pw, 1, "SAME"), f"Conv2d_{i}_pointwise")
-    kernel = [min(x.shape[1], 7), min(x.shape[2], 7)]
-    x = tf.nn.avg_pool2d(x, kernel, 1, "VALID")
-    if not reader.has_tensor(tf_slim.HEAD[0]):
-        return tf.squeeze(x, [1, 2]).numpy()
-    x = tf.nn.conv2d(x, get(tf_slim.HEAD[0]), 1, "SAME") + get(tf_slim.HEAD[1])
-    return tf.squeeze(x, [1, 2]).numpy()
+    return x.numpy()
+
+
+def _getter(reader, use_ema: bool):
+    """Reads a variable by name from `reader`, its EMA shadow instead where `use_ema` and it has one."""
+
+    def get(name: str) -> tf.Tensor:
+        shadow = name + tf_slim.EMA_SUFFIX
+        return tf.constant(reader.get_tensor(shadow if use_ema and reader.has_tensor(shadow) else name))
+
+    return get

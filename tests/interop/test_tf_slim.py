@@ -14,6 +14,7 @@ from flax.traverse_util import flatten_dict  # noqa: E402
 from logit_check import TOLERANCE, flax_logits, max_diff  # noqa: E402
 
 from mobilenet_jax.interop import tf_slim  # noqa: E402
+from mobilenet_jax.model import MobileNetV1  # noqa: E402
 
 
 def images(size: int, seed: int = 0) -> np.ndarray:
@@ -30,6 +31,23 @@ def test_checkpoint_matches_tf_slim_logits_through_ema_shadows(tmp_path, alpha, 
     assert all(name.endswith(tf_slim.EMA_SUFFIX) for name in converted.origin.values())
     x = images(size)
     assert max_diff(converted, x, ref.slim_forward(prefix, x), f"TF-Slim alpha {alpha} size {size}") <= TOLERANCE
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("size", [(64, 64), (64, 96), (97, 97)])
+def test_atrous_model_matches_tf_slims_dilated_base(tmp_path, output_stride, size):
+    import jax
+
+    prefix = ref.save_checkpoint(str(tmp_path / "model.ckpt"), ref.random_tensors(0.5, 1001, seed=3))
+    converted = tf_slim.from_tf_slim(prefix)
+    model = MobileNetV1(**converted.fields, output_stride=output_stride)
+    x = np.random.default_rng(4).uniform(-1, 1, (2, *size, 3)).astype(np.float32)
+    logits, endpoints = jax.jit(lambda v, x: model.apply(v, x, return_endpoints=True))(converted.variables, x)
+    features = ref.slim_features(prefix, x, output_stride=output_stride)
+    deepest = np.asarray(endpoints[f"stride_{output_stride}"])
+    assert deepest.shape == features.shape
+    assert np.abs(logits - ref.slim_forward(prefix, x, output_stride=output_stride)).max() <= TOLERANCE
+    assert np.abs(deepest - features).max() <= TOLERANCE
 
 
 def test_use_ema_false_reads_the_raw_variables_and_true_requires_shadows(tmp_path):

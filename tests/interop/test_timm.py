@@ -35,6 +35,27 @@ def test_safetensors_file_matches_torch_logits(tmp_path, multiplier, size):
     assert max_diff(converted, x, torch_logits(model, x), f"timm multiplier {multiplier} size {size}") <= TOLERANCE
 
 
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("shape", [(64, 64), (64, 96)])
+def test_dilated_timm_network_equals_the_atrous_model_on_the_same_weights(tmp_path, output_stride, shape):
+    import jax
+
+    model = ref.random_model(0.5, seed=4, output_stride=output_stride)
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(model.state_dict(), str(path))
+    converted = timm.from_timm(path)
+    atrous = converted.model().clone(output_stride=output_stride)
+    x = np.random.default_rng(5).uniform(-1, 1, (2, *shape, 3)).astype(np.float32)
+    logits, endpoints = jax.jit(lambda v, x: atrous.apply(v, x, return_endpoints=True))(converted.variables, x)
+    with torch.no_grad():
+        nchw = torch.from_numpy(x.transpose(0, 3, 1, 2))
+        expected, features = model(nchw).numpy(), model.features(nchw).numpy().transpose(0, 2, 3, 1)
+    deepest = np.asarray(endpoints[f"stride_{output_stride}"])
+    assert deepest.shape == features.shape == (2, shape[0] // output_stride, shape[1] // output_stride, 512)
+    assert np.abs(logits - expected).max() <= TOLERANCE
+    assert np.abs(deepest - features).max() <= TOLERANCE
+
+
 def test_pth_file_and_state_dict_without_classifier(tmp_path):
     model = ref.random_model(0.5, seed=2, num_classes=0)
     torch.save(model.state_dict(), tmp_path / "model.pth")

@@ -120,3 +120,24 @@ def test_sgd_momentum_buffer_follows_torch_over_several_steps():
     np.testing.assert_allclose(params, weight.detach().numpy(), rtol=1e-6, atol=1e-6)
     plain_sgd = start - 0.1 * grads.sum(0)
     assert not np.allclose(params, plain_sgd, atol=1e-3), "momentum had no effect"
+
+
+@pytest.mark.parametrize("depthwise_impl", ["conv", "shifted"])
+@pytest.mark.parametrize("output_stride", [16, 8])
+@pytest.mark.parametrize("size", [(64, 64), (64, 96)])
+def test_atrous_logits_and_deepest_features_equal_the_dilated_pytorch_reference(depthwise_impl, output_stride, size):
+    # timm's mobilenetv1_100(output_stride=...) is this network: torch padding, dilated depthwise convs.
+    fields = dict(alpha=0.5, num_classes=10, output_stride=output_stride)
+    reference = random_reference(8, **fields).eval()
+    model = MobileNetV1(depthwise_impl=depthwise_impl, **fields)
+    variables = torch_to_flax(reference.state_dict(), model)
+    images = random_images(9, 2, *size)
+    with torch.no_grad():
+        x = to_nchw(images)
+        expected, features = reference(x).numpy(), reference.blocks(reference.stem(x)).numpy()
+    logits, endpoints = jax.jit(lambda v, x: model.apply(v, x, return_endpoints=True))(variables, jnp.asarray(images))
+    deepest = np.asarray(endpoints[f"stride_{output_stride}"])
+    assert deepest.shape[1:3] == (size[0] // output_stride, size[1] // output_stride)
+    assert np.abs(expected).max() > 0.1, "logits too small to make the comparison meaningful"
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(deepest, features.transpose(0, 2, 3, 1), rtol=0, atol=1e-4)

@@ -238,3 +238,18 @@ def test_quantization_is_a_gate_field_of_the_model():
     with pytest.raises(ValueError, match=r"config.model has unknown fields \['quantization'\]"):
         config_gate.resolve(config)
 
+
+
+def _resolve_with(*overrides: str) -> config_gate.Experiment:
+    argv = ["train.py", "--config=configs/digits.py", *overrides]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=flag_values, sys_argv=argv)
+    flag_values(argv)
+    return config_gate.resolve(flag_values.config)
+
+
+def test_output_stride_goes_through_the_gate_to_the_model():
+    assert config_gate.resolve(load("digits")).create_model(10).output_stride is None
+    assert _resolve_with("--config.model.output_stride=16").create_model(10).output_stride == 16
+    with pytest.raises(ValueError, match=r"^output_stride must be one of \(None, 32, 16, 8\), got 12$"):
+        _resolve_with("--config.model.output_stride=12")

@@ -162,6 +162,17 @@ def test_backbone_is_loaded_and_classifier_kept_only_when_the_class_count_matche
     np.testing.assert_array_equal(state.ema["batch_stats"]["stem"]["bn"]["mean"], state.batch_stats["stem"]["bn"]["mean"])
 
 
+def test_weights_fine_tune_at_output_stride_16_with_the_architecture_they_bring(converted):
+    config = finetune_config(converted)
+    config.model.output_stride = 16
+    model = config_gate.resolve(config).create_model(7)
+    assert (model.output_stride, model.alpha, model.padding) == (16, 0.25, "same")
+    loaded = init.load_variables(converted)
+    state = init.start_from(fresh_state(model, optax.sgd(0.1), ema_decay=0.5), loaded)
+    np.testing.assert_array_equal(state.params["block13"]["depthwise"]["conv"]["kernel"],
+                                  loaded["params"]["block13"]["depthwise"]["conv"]["kernel"])
+
+
 def test_float_weights_fine_tuned_quantization_aware_start_with_fresh_ranges(converted):
     assert not init.describe(converted).activation_ranges
     loaded = init.load_variables(converted)
