@@ -33,7 +33,13 @@ def fold_batchnorm(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[str
     """Folded float32 parameters: {"stem", "block1".."block13": {"depthwise", "pointwise"}, "classifier"}.
 
     Each convolution becomes {"kernel": HWIO, "bias": (O,)}; the classifier is copied as it is.
+    The folded forward pass is the paper's stride-32 network: an atrous model is refused.
     """
+    if model.output_stride not in (None, 32):
+        raise ValueError(
+            f"exports run the paper's stride-32 network, got output_stride={model.output_stride}; "
+            "export the model with output_stride=None (its weights are the same)"
+        )
     params, stats = variables["params"], variables["batch_stats"]
 
     def fold(path: tuple[str, ...]) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
 """BatchNorm folding: the folded inference function equals the Flax model, with canonical ops."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -45,3 +47,18 @@ def test_folded_parameters_and_ops():
     # The stem, 13 depthwise and 13 pointwise convolutions; depthwise as grouped convolutions.
     assert (len(convs), len(depthwise)) == (27, 13)
     assert all(e.params["feature_group_count"] == e.invars[0].aval.shape[-1] for e in depthwise)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_an_atrous_model_is_refused_by_every_export(output_stride, tmp_path):
+    from mobilenet_jax.export import export, int8_inference_fn
+
+    deployable = realistic_deployable(0.25, 64)
+    atrous = dataclasses.replace(deployable, model=deployable.model.clone(output_stride=output_stride))
+    refusal = rf"exports run the paper's stride-32 network, got output_stride={output_stride}; export the model"
+    for build in (inference_fn, fold_batchnorm, lambda m, v: int8_inference_fn(m, v, [images(64)])):
+        with pytest.raises(ValueError, match=refusal):
+            build(atrous.model, atrous.variables)
+    with pytest.raises(ValueError, match=refusal):
+        export(atrous, "stablehlo", str(tmp_path / "atrous.stablehlo"))
+    assert not (tmp_path / "atrous.stablehlo").exists()
