@@ -4,7 +4,7 @@ Every exporter starts here. In eval mode BatchNorm is the per-channel affine map
 `x * s + (beta - mean * s)` with `s = gamma / sqrt(var + eps)`, so it folds into the kernel of the
 convolution before it (scaled along its output channels) plus a bias. The forward pass is written
 with canonical XLA ops only: `lax.conv_general_dilated` (with `feature_group_count` for the
-depthwise layers), a mean and a dot, so converters map the layers to TFLite's CONV_2D /
+depthwise layers, `rhs_dilation` for the atrous ones), a mean and a dot, so converters map the layers to TFLite's CONV_2D /
 DEPTHWISE_CONV_2D / FULLY_CONNECTED and ONNX's Conv / Gemm, which their runtimes accelerate.
 """
 
@@ -19,12 +19,12 @@ from jax import lax
 
 from mobilenet_jax.layers import ACTIVATIONS
 from mobilenet_jax.ops.conv import conv_padding
-from mobilenet_jax.model import BLOCKS, MobileNetV1, check_input
+from mobilenet_jax.model import BLOCKS, MobileNetV1, block_geometry, check_input
 
 Array = jax.Array
 Layer = Mapping[str, Any]
-# conv(layer, x, stride, groups, padding) -> y: how one folded convolution is computed.
-ConvFn = Callable[[Layer, Array, int, int, str], Array]
+# conv(layer, x, stride, groups, padding, dilation) -> y: how one folded convolution is computed.
+ConvFn = Callable[[Layer, Array, int, int, str, int], Array]
 # dense(layer, features) -> logits: how the classifier is computed.
 DenseFn = Callable[[Layer, Array], Array]
 
@@ -33,13 +33,7 @@ def fold_batchnorm(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[str
     """Folded float32 parameters: {"stem", "block1".."block13": {"depthwise", "pointwise"}, "classifier"}.
 
     Each convolution becomes {"kernel": HWIO, "bias": (O,)}; the classifier is copied as it is.
-    The folded forward pass is the paper's stride-32 network: an atrous model is refused.
     """
-    if model.output_stride not in (None, 32):
-        raise ValueError(
-            f"exports run the paper's stride-32 network, got output_stride={model.output_stride}; "
-            "export the model with output_stride=None (its weights are the same)"
-        )
     params, stats = variables["params"], variables["batch_stats"]
 
     def fold(path: tuple[str, ...]) -> dict[str, np.ndarray]:
@@ -72,14 +66,15 @@ def at_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]
     return tree
 
 
-def float_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str) -> Array:
+def float_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
     """One folded convolution in float: `lax.conv_general_dilated` plus the bias."""
     kernel = layer["kernel"]
     y = lax.conv_general_dilated(
         x,
         jnp.asarray(kernel, x.dtype),
         window_strides=(stride, stride),
-        padding=conv_padding(x.shape[1:3], kernel.shape[0], stride, padding),
+        padding=conv_padding(x.shape[1:3], kernel.shape[0], stride, padding, dilation),
+        rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
     )
@@ -97,20 +92,22 @@ def folded_forward(
     *,
     activation: str = "relu",
     padding: str = "torch",
+    output_stride: int | None = None,
     conv: ConvFn = float_conv,
     dense: DenseFn = float_dense,
 ) -> Array:
     """Logits (or pooled features without a classifier) of NHWC `images` from folded `params`.
 
-    `conv` and `dense` compute one layer; the defaults are float, `quantize` passes int8 ones.
+    The depthwise convolutions stride and dilate as `block_geometry(output_stride)` says. `conv`
+    and `dense` compute one layer; the defaults are float, `quantize` passes int8 ones.
     """
     check_input(images)
     act = ACTIVATIONS[activation]
-    x = act(conv(params["stem"], images, 2, 1, padding))
-    for index, (_, stride) in enumerate(BLOCKS, start=1):
+    x = act(conv(params["stem"], images, 2, 1, padding, 1))
+    for index, (stride, dilation) in enumerate(block_geometry(output_stride), start=1):
         block = params[f"block{index}"]
-        x = act(conv(block["depthwise"], x, stride, x.shape[-1], padding))
-        x = act(conv(block["pointwise"], x, 1, 1, padding))
+        x = act(conv(block["depthwise"], x, stride, x.shape[-1], padding, dilation))
+        x = act(conv(block["pointwise"], x, 1, 1, padding, 1))
     x = jnp.mean(x, axis=(1, 2))
     return dense(params["classifier"], x) if "classifier" in params else x
 
@@ -118,4 +115,6 @@ def folded_forward(
 def inference_fn(model: MobileNetV1, variables: Mapping[str, Any]) -> Callable[[Array], Array]:
     """`images -> logits` of `model` in eval mode, BatchNorm folded, parameters as constants."""
     params = fold_batchnorm(model, variables)
-    return lambda images: folded_forward(params, images, activation=model.activation, padding=model.padding)
+    return lambda images: folded_forward(
+        params, images, activation=model.activation, padding=model.padding, output_stride=model.output_stride
+    )

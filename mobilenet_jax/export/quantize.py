@@ -110,7 +110,7 @@ def calibrate(
     seen = 0
     for images in calibration:
         folded_forward(params, jnp.asarray(images), activation=model.activation, padding=model.padding,
-                       conv=conv, dense=dense)
+                       output_stride=model.output_stride, conv=conv, dense=dense)
         seen += len(images)
     if not seen:
         raise ValueError("calibration yielded no images; pass a dataset or folder with images")
@@ -176,14 +176,15 @@ def _rescale(layer: Layer, acc: Array) -> Array:
     return acc.astype(jnp.float32) * (layer["input_scale"] * layer["kernel_scale"]) + layer["bias"]
 
 
-def int8_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str) -> Array:
+def int8_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
     """One quantized convolution: integer input times int8 kernel, exact int32 sums, rescaled."""
     kernel = layer["kernel"]
     acc = lax.conv_general_dilated(
         _integer_input(layer, x),
         jnp.asarray(kernel, jnp.int32),
         window_strides=(stride, stride),
-        padding=conv_padding(x.shape[1:3], kernel.shape[0], stride, padding),
+        padding=conv_padding(x.shape[1:3], kernel.shape[0], stride, padding, dilation),
+        rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
         preferred_element_type=jnp.int32,
@@ -205,5 +206,6 @@ def int8_inference_fn(
     any other calibrated on `calibration` (batches of images); see `calibrate`."""
     params = calibrate(model, variables, calibration)
     return lambda images: folded_forward(
-        params, images, activation=model.activation, padding=model.padding, conv=int8_conv, dense=int8_dense
+        params, images, activation=model.activation, padding=model.padding, output_stride=model.output_stride,
+        conv=int8_conv, dense=int8_dense,
     )

@@ -69,9 +69,9 @@ def realistic_deployable(
     params = jax.tree_util.tree_map_with_path(init, shapes)
     stats = {}
 
-    def normalising_conv(layer, x, stride, groups, padding):
+    def normalising_conv(layer, x, stride, groups, padding, dilation):
         unit = layer["unit"]
-        y = float_conv({"kernel": unit["conv"]["kernel"], "bias": 0.0}, x, stride, groups, padding)
+        y = float_conv({"kernel": unit["conv"]["kernel"], "bias": 0.0}, x, stride, groups, padding, dilation)
         mean, var = jnp.mean(y, (0, 1, 2)), jnp.var(y, (0, 1, 2))
         stats[layer["path"]] = {"bn": {"mean": np.asarray(mean), "var": np.asarray(var)}}
         return (y - mean) * jax.lax.rsqrt(var + model.bn_epsilon) * unit["bn"]["scale"] + unit["bn"]["bias"]
@@ -79,7 +79,8 @@ def realistic_deployable(
     units = {"stem": {"unit": params["stem"], "path": ("stem",)}}
     for block in (k for k in params if k.startswith("block")):
         units[block] = {p: {"unit": params[block][p], "path": (block, p)} for p in ("depthwise", "pointwise")}
-    folded_forward(units, jnp.asarray(x), activation=model.activation, padding=model.padding, conv=normalising_conv)
+    folded_forward(units, jnp.asarray(x), activation=model.activation, padding=model.padding,
+                   output_stride=model.output_stride, conv=normalising_conv)
     batch_stats = {"stem": stats["stem",]}
     for block in (k for k in params if k.startswith("block")):
         batch_stats[block] = {p: stats[block, p] for p in ("depthwise", "pointwise")}

@@ -12,7 +12,7 @@ from mobilenet_jax.export import quantize as int8
 from mobilenet_jax.export.stablehlo import export_stablehlo, load_stablehlo
 from mobilenet_jax.inference import predict
 from mobilenet_jax.layers import ACTIVATIONS
-from mobilenet_jax.model import BLOCKS
+from mobilenet_jax.model import block_geometry
 from mobilenet_jax.ops import backends
 from mobilenet_jax.ops.quantize import kernel_scale
 
@@ -37,13 +37,22 @@ def trained():
     return quantization_aware(realistic_deployable(0.25, SIZE, negative_scales=0.25))
 
 
-def test_each_layer_equals_its_int8_layer(trained):
-    model, variables = trained.model, trained.variables
+@pytest.fixture(scope="module", params=[None, 16], ids=["paper", "output_stride_16"])
+def trained_at_stride(request, trained):
+    """`trained`, and the same kind of model atrous at output stride 16 (dilated depthwise layers)."""
+    if request.param is None:
+        return trained
+    return quantization_aware(realistic_deployable(0.25, SIZE, negative_scales=0.25, output_stride=request.param))
+
+
+def test_each_layer_equals_its_int8_layer(trained_at_stride):
+    model, variables = trained_at_stride.model, trained_at_stride.variables
     layers = int8.calibrate(model, variables)
     act = ACTIVATIONS[model.activation]
-    units = [("stem", layers["stem"], 2, False)] + [
-        (f"block{i}/{part}", layers[f"block{i}"][part], stride if part == "depthwise" else 1, part == "depthwise")
-        for i, (_, stride) in enumerate(BLOCKS, start=1)
+    units = [("stem", layers["stem"], (2, 1), False)] + [
+        (f"block{i}/{part}", layers[f"block{i}"][part], geometry if part == "depthwise" else (1, 1),
+         part == "depthwise")
+        for i, geometry in enumerate(block_geometry(model.output_stride), start=1)
         for part in ("depthwise", "pointwise")
     ]
 
@@ -53,9 +62,9 @@ def test_each_layer_equals_its_int8_layer(trained):
         outputs = traverse_util.flatten_dict(captured["intermediates"], sep="/")
         relative = lambda got, want: jax.numpy.abs(got - want).max() / jax.numpy.abs(want).max()
         errors = {}
-        for name, layer, stride, depthwise in units:
+        for name, layer, (stride, dilation), depthwise in units:
             x = outputs[f"{name}/input_quant/__call__"][0]  # the quantized input, on the layer's grid
-            got = act(int8.int8_conv(layer, x, stride, x.shape[-1] if depthwise else 1, model.padding))
+            got = act(int8.int8_conv(layer, x, stride, x.shape[-1] if depthwise else 1, model.padding, dilation))
             errors[name] = relative(got, outputs[f"{name}/__call__"][0])
         x = outputs["classifier_input_quant/__call__"][0]
         errors["classifier"] = relative(int8.int8_dense(layers["classifier"], x), outputs["classifier/__call__"][0])
@@ -66,7 +75,8 @@ def test_each_layer_equals_its_int8_layer(trained):
     assert len(errors) == 28 and max(errors.values()) <= LAYER_TOLERANCE, worst
 
 
-def test_eval_logits_match_the_int8_model_and_its_stablehlo_export(trained, tmp_path):
+def test_eval_logits_match_the_int8_model_and_its_stablehlo_export(trained_at_stride, tmp_path):
+    trained = trained_at_stride
     x = images(SIZE, 64, 99)
     logits = np.asarray(jax.jit(lambda x: trained.model.apply(trained.variables, x))(x))
     expected = np.asarray(jax.jit(int8_inference_fn(trained.model, trained.variables))(x))
