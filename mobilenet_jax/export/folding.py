@@ -4,8 +4,9 @@ Every exporter starts here. In eval mode BatchNorm is the per-channel affine map
 `x * s + (beta - mean * s)` with `s = gamma / sqrt(var + eps)`, so it folds into the kernel of the
 convolution before it (scaled along its output channels) plus a bias. The forward pass is written
 with canonical XLA ops only: `lax.conv_general_dilated` (with `feature_group_count` for the
-depthwise layers, `rhs_dilation` for the atrous ones), a mean and a dot, so converters map the layers to TFLite's CONV_2D /
-DEPTHWISE_CONV_2D / FULLY_CONNECTED and ONNX's Conv / Gemm, which their runtimes accelerate.
+depthwise layers, `rhs_dilation` for the atrous ones), a mean and a dot, so converters map the
+layers to TFLite's CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED and ONNX's Conv / Gemm, which
+their runtimes accelerate.
 """
 
 from __future__ import annotations
