@@ -10,15 +10,15 @@ import time
 
 
 def cpu_model() -> str:
-    """The processor's model name and its vector-unit flags, from /proc/cpuinfo where there is one."""
+    """The processor's model name, family and model numbers and vector-unit flags, from /proc/cpuinfo."""
     try:
         lines = pathlib.Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return platform.processor()
-    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
-    vector = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if flag in flags]
-    return f"{model} ({' '.join(vector)})"
+    pairs = [line.split(":", 1) for line in lines if ":" in line]
+    field = lambda key: next((value.strip() for name, value in pairs if name.strip() == key), "?")
+    vector = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if flag in field("flags").split()]
+    return f"{field('model name')}, family {field('cpu family')} model {field('model')} ({' '.join(vector)})"
 
 
 def machine_line() -> str:

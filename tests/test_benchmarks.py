@@ -1,15 +1,18 @@
-"""The speed benchmark's arithmetic: throughput, ratios to the peers, the ceiling, peak memory."""
+"""The benchmarks' arithmetic: throughput, ratios to the peers, the ceiling, peak memory; the dilated forms."""
 
 from __future__ import annotations
 
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from benchmarks import memory
+from benchmarks.dilated_depthwise import FORMS, dilated_layers
 from benchmarks.speed_report import ratios_per_round, table
 from benchmarks.timing import Contender
+from mobilenet_jax.ops.conv import conv_padding
 
 
 def timed(name: str, seconds: list[float], kind: str = "train") -> dict:
@@ -71,3 +74,16 @@ def test_input_pipeline_table_compares_the_last_tree_with_the_first_round_by_rou
     # Medians 90 and 125 img/s; per round 1.50x and 1.25x.
     assert "new / old on 1 core(s): 1.39x (per round 1.25-1.50x)" in lines
     assert "bytes per yielded image: 150,532 / 602,116 = 0.25x" in lines
+
+
+def test_dilated_depthwise_benchmark_takes_the_atrous_layers_and_its_space_to_batch_form_is_exact():
+    assert dilated_layers(16, 224, 1.0) == [(14, 1024, 2)]
+    assert dilated_layers(8, 224, 1.0) == [(28, 512, 2)] * 6 + [(28, 1024, 4)]
+    x = jax.random.normal(jax.random.key(0), (2, 13, 10, 8))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
+    for dilation in (2, 3):
+        for padding in ("same", "torch"):
+            pad = conv_padding((13, 10), 3, 1, padding, dilation)
+            want = FORMS["conv"](x, kernel, 1, pad, dilation)
+            for name in ("space-to-batch", "space-to-batch shifted"):
+                np.testing.assert_allclose(FORMS[name](x, kernel, 1, pad, dilation), want, rtol=1e-5, atol=1e-5)
