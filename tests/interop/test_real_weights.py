@@ -99,6 +99,14 @@ def test_top1_and_top5_agree_with_tensorflow(photos, ours, tf_reference):
     assert top5 == [set(row) for row in np.argsort(-tf_reference, axis=1)[:, :5]]
 
 
+@pytest.mark.parametrize("output_stride,same_top1", [(16, 14), (8, 13)])
+def test_the_atrous_network_of_the_real_weights_still_sees_the_cat(photos, real_slim, batch, ours, output_stride,
+                                                                   same_top1):
+    atrous = logits(real_slim.model().clone(output_stride=output_stride), real_slim.variables, batch)
+    assert atrous[list(photos).index("chelsea")].argmax() == EGYPTIAN_CAT
+    assert (atrous.argmax(axis=1) == ours.argmax(axis=1)).sum() == same_top1  # of 20; see docs/model.md
+
+
 def test_classify_names_egyptian_cat_first_for_chelsea(real_graph, photos, tmp_path, capsys):
     from PIL import Image
 
