@@ -40,14 +40,16 @@ def test_atrous_model_matches_tf_slims_dilated_base(tmp_path, output_stride, siz
 
     prefix = ref.save_checkpoint(str(tmp_path / "model.ckpt"), ref.random_tensors(0.5, 1001, seed=3))
     converted = tf_slim.from_tf_slim(prefix)
-    model = MobileNetV1(**converted.fields, output_stride=output_stride)
     x = np.random.default_rng(4).uniform(-1, 1, (2, *size, 3)).astype(np.float32)
-    logits, endpoints = jax.jit(lambda v, x: model.apply(v, x, return_endpoints=True))(converted.variables, x)
     features = ref.slim_features(prefix, x, output_stride=output_stride)
-    deepest = np.asarray(endpoints[f"stride_{output_stride}"])
-    assert deepest.shape == features.shape
-    assert np.abs(logits - ref.slim_forward(prefix, x, output_stride=output_stride)).max() <= TOLERANCE
-    assert np.abs(deepest - features).max() <= TOLERANCE
+    reference = ref.slim_forward(prefix, x, output_stride=output_stride)
+    for depthwise_impl in ("conv", "shifted"):  # SAME padding of a dilated kernel, in each form
+        model = MobileNetV1(**converted.fields, output_stride=output_stride, depthwise_impl=depthwise_impl)
+        logits, endpoints = jax.jit(lambda v, x: model.apply(v, x, return_endpoints=True))(converted.variables, x)
+        deepest = np.asarray(endpoints[f"stride_{output_stride}"])
+        assert deepest.shape == features.shape
+        assert np.abs(logits - reference).max() <= TOLERANCE
+        assert np.abs(deepest - features).max() <= TOLERANCE
 
 
 def test_use_ema_false_reads_the_raw_variables_and_true_requires_shadows(tmp_path):
