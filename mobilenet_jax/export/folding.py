@@ -67,18 +67,25 @@ def at_path(tree: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]
     return tree
 
 
-def float_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
-    """One folded convolution in float: `lax.conv_general_dilated` plus the bias."""
-    kernel = layer["kernel"]
-    y = lax.conv_general_dilated(
+def canonical_conv(x: Array, kernel: Array, stride: int, groups: int, padding: str, dilation: int = 1,
+                   **kwargs: Any) -> Array:
+    """`lax.conv_general_dilated` of NHWC `x` and an HWIO `kernel` with the padding convention's
+    pixels; `kwargs` go to it (e.g. preferred_element_type)."""
+    return lax.conv_general_dilated(
         x,
-        jnp.asarray(kernel, x.dtype),
+        kernel,
         window_strides=(stride, stride),
         padding=conv_padding(x.shape[1:3], kernel.shape[0], stride, padding, dilation),
         rhs_dilation=(dilation, dilation),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
+        **kwargs,
     )
+
+
+def float_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
+    """One folded convolution in float: `canonical_conv` plus the bias."""
+    y = canonical_conv(x, jnp.asarray(layer["kernel"], x.dtype), stride, groups, padding, dilation)
     return y + jnp.asarray(layer["bias"], x.dtype)
 
 

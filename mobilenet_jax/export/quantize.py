@@ -19,12 +19,12 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from mobilenet_jax.export.folding import (
     Layer,
     at_path,
     batchnorm_factor,
+    canonical_conv,
     fold_batchnorm,
     float_conv,
     float_dense,
@@ -32,7 +32,6 @@ from mobilenet_jax.export.folding import (
 )
 from mobilenet_jax.layers import INPUT_QUANTIZER
 from mobilenet_jax.model import BLOCKS, CLASSIFIER_INPUT_QUANTIZER, MobileNetV1
-from mobilenet_jax.ops.conv import conv_padding
 from mobilenet_jax.ops.quantize import input_grid, kernel_scale
 
 Array = jax.Array
@@ -178,17 +177,9 @@ def _rescale(layer: Layer, acc: Array) -> Array:
 
 def int8_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
     """One quantized convolution: integer input times int8 kernel, exact int32 sums, rescaled."""
-    kernel = layer["kernel"]
-    acc = lax.conv_general_dilated(
-        _integer_input(layer, x),
-        jnp.asarray(kernel, jnp.int32),
-        window_strides=(stride, stride),
-        padding=conv_padding(x.shape[1:3], kernel.shape[0], stride, padding, dilation),
-        rhs_dilation=(dilation, dilation),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups,
-        preferred_element_type=jnp.int32,
-    )
+    kernel = jnp.asarray(layer["kernel"], jnp.int32)
+    acc = canonical_conv(_integer_input(layer, x), kernel, stride, groups, padding, dilation,
+                         preferred_element_type=jnp.int32)
     return _rescale(layer, acc)
 
 
