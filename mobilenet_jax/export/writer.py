@@ -13,7 +13,6 @@ from typing import Any
 from etils import epath
 
 from mobilenet_jax.choices import check_choice
-
 from mobilenet_jax.export.quantize import has_trained_ranges
 from mobilenet_jax.export.source import Deployable
 
