@@ -30,8 +30,13 @@ BLOCKS: tuple[tuple[int, int], ...] = (
 # None and 32: the paper's network; 16 and 8: atrous (`block_geometry`).
 OUTPUT_STRIDES = (None, 32, 16, 8)
 MIN_INPUT_SIZE = 32
-# The classifier's `layers.InputQuantizer`: batch_stats classifier_input_quant/{low,high,tracked}.
+# The `layers.InputQuantizer`s of a quantization-aware model outside the convolution units, at
+# batch_stats <name>/{low,high,tracked}: the last block's output entering the pooling, the pooled
+# features entering the classifier, and the logits. With the units' inputs they are every tensor
+# an integer-only runtime holds in 8 bits.
+POOL_INPUT_QUANTIZER = "pool_input_quant"
 CLASSIFIER_INPUT_QUANTIZER = "classifier_input_quant"
+LOGITS_QUANTIZER = "logits_quant"
 
 
 def scaled_channels(channels: int, alpha: float, min_depth: int = 8) -> int:
@@ -94,10 +99,11 @@ class MobileNetV1(nn.Module):
     "stride_16" or "stride_8", the deepest being the last block's output (`endpoint_blocks`).
 
     `quantization="int8"` makes the model quantization-aware: every convolution and classifier
-    kernel is rounded onto its per-output-channel int8 grid, and every such layer's input onto
-    the 8-bit grid of a range tracked in `batch_stats` (`layers.InputQuantizer`), with
-    straight-through gradients, so that it computes what `export.quantize`'s int8 model computes
-    (docs/model.md). The variables are those of the float model, plus the ranges.
+    kernel is rounded onto its per-output-channel int8 grid, and every such layer's input, the
+    pooling's input and the logits onto the 8-bit grid of a range tracked in `batch_stats`
+    (`layers.InputQuantizer`), with straight-through gradients, so that it computes what
+    `export.quantize`'s int8 model computes (docs/model.md). The variables are those of the float
+    model, plus the ranges.
     """
 
     num_classes: int = 1000
@@ -186,6 +192,8 @@ class MobileNetV1(nn.Module):
             )(x, train)
             endpoints.update({name: x for name, block in endpoint_at.items() if block == index})
 
+        if quantize_input is not None:
+            x = quantize_input(name=POOL_INPUT_QUANTIZER)(x, train)
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         if self.num_classes:
             x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -195,6 +203,8 @@ class MobileNetV1(nn.Module):
                 init = dict(init, dot_general=layers.int8_dot_general)
             x = nn.Dense(self.num_classes, name="classifier", **precision, **init)(x)
             x = x.astype(jnp.float32)
+            if quantize_input is not None:
+                x = quantize_input(name=LOGITS_QUANTIZER)(x, train)
         return (x, endpoints) if return_endpoints else x
 
 
@@ -202,7 +212,9 @@ def is_activation_range(path: str) -> bool:
     """Whether the "/"-joined batch_stats `path` is a quantization-aware model's activation range
     (a float model has none of these)."""
     parts = path.split("/")
-    return len(parts) >= 2 and parts[-2] in (layers.INPUT_QUANTIZER, CLASSIFIER_INPUT_QUANTIZER)
+    return len(parts) >= 2 and parts[-2] in (
+        layers.INPUT_QUANTIZER, POOL_INPUT_QUANTIZER, CLASSIFIER_INPUT_QUANTIZER, LOGITS_QUANTIZER
+    )
 
 
 def check_input(x: Array) -> None:

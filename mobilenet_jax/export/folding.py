@@ -26,6 +26,8 @@ Array = jax.Array
 Layer = Mapping[str, Any]
 # conv(layer, x, stride, groups, padding, dilation) -> y: how one folded convolution is computed.
 ConvFn = Callable[[Layer, Array, int, int, str, int], Array]
+# pool(feature map) -> features: how the last feature map is pooled.
+PoolFn = Callable[[Array], Array]
 # dense(layer, features) -> logits: how the classifier is computed.
 DenseFn = Callable[[Layer, Array], Array]
 
@@ -94,29 +96,36 @@ def float_dense(layer: Layer, features: Array) -> Array:
     return features @ jnp.asarray(layer["kernel"], features.dtype) + jnp.asarray(layer["bias"], features.dtype)
 
 
+def mean_pool(x: Array) -> Array:
+    """Global average pooling of an NHWC feature map."""
+    return jnp.mean(x, axis=(1, 2))
+
+
 def folded_forward(
     params: Mapping[str, Any],
     images: Array,
     *,
-    activation: str = "relu",
+    activation: str | None = "relu",
     padding: str = "torch",
     output_stride: int | None = None,
     conv: ConvFn = float_conv,
+    pool: PoolFn = mean_pool,
     dense: DenseFn = float_dense,
 ) -> Array:
     """Logits (or pooled features without a classifier) of NHWC `images` from folded `params`.
 
-    The depthwise convolutions stride and dilate as `block_geometry(output_stride)` says. `conv`
-    and `dense` compute one layer; the defaults are float, `quantize` passes int8 ones.
+    The depthwise convolutions stride and dilate as `block_geometry(output_stride)` says. `conv`,
+    `pool` and `dense` compute one layer; the defaults are float, `quantize` passes integer ones,
+    which apply the activation themselves (`activation=None`).
     """
     check_input(images)
-    act = ACTIVATIONS[activation]
+    act = (lambda x: x) if activation is None else ACTIVATIONS[activation]
     x = act(conv(params["stem"], images, 2, 1, padding, 1))
     for index, (stride, dilation) in enumerate(block_geometry(output_stride), start=1):
         block = params[f"block{index}"]
         x = act(conv(block["depthwise"], x, stride, x.shape[-1], padding, dilation))
         x = act(conv(block["pointwise"], x, 1, 1, padding, 1))
-    x = jnp.mean(x, axis=(1, 2))
+    x = pool(x)
     return dense(params["classifier"], x) if "classifier" in params else x
 
 

@@ -1,19 +1,20 @@
-"""ONNX export for ONNX Runtime: tf2onnx from the float32 LiteRT flatbuffer, int8 by ONNX Runtime.
+"""ONNX export for ONNX Runtime: tf2onnx from the LiteRT flatbuffer of the same model.
 
-tf2onnx converts the flatbuffer of `tflite.export_tflite`, whose builtin ops (CONV_2D,
-DEPTHWISE_CONV_2D, FULLY_CONNECTED) map one to one onto ONNX Conv (with `group` for depthwise)
-and Gemm. The model has a fixed batch size (default 1); `OnnxModel` runs any number of images
-through it in padded chunks. Kind "int8" quantizes the float model with ONNX Runtime's static QDQ
-quantization: int8 weights per output channel and int8 activations calibrated on a
-representative dataset, except the stem convolution, which stays float. docs/deploy.md says why
-this route, the fixed batch and the float stem.
+tf2onnx converts the flatbuffer of `tflite`, whose builtin ops (CONV_2D, DEPTHWISE_CONV_2D,
+FULLY_CONNECTED) map one to one onto ONNX Conv (with `group` for depthwise) and Gemm. Kind
+"int8" converts the LiteRT full-integer flatbuffer of the int8 model (`tflite_int8`) into QDQ
+form: every int8 tensor a QuantizeLinear / DequantizeLinear pair with the int8 model's scale
+and zero point, kernels per output channel, biases int32. ONNX Runtime fuses the pairs into
+integer kernels, so it computes the int8 model's integers; its input and output stay float32.
+The model has a fixed batch size (default 1); `OnnxModel` runs any number of images through it
+in padded chunks. docs/deploy.md says why this route and the fixed batch.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from etils import epath
@@ -23,7 +24,7 @@ from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.export.tflite import export_tflite
 from mobilenet_jax.export.writer import Kinds, written
 
-KINDS = Kinds("ONNX", ("float32", "int8"))
+KINDS = Kinds("ONNX", ("float32", "int8"), trained_ranges=True)
 OPSET = 17
 
 
@@ -44,44 +45,28 @@ def export_onnx(
     tf2onnx = require("tf2onnx")
     with tempfile.TemporaryDirectory() as tmp:
         flatbuffer = os.path.join(tmp, "model.tflite")
-        export_tflite(deployable, flatbuffer, batch_size=batch_size)
+        export_tflite(deployable, flatbuffer, kind="float32" if kind == "float32" else "int8",
+                      calibration=calibration, batch_size=batch_size)
         proto, _ = tf2onnx.convert.from_tflite(flatbuffer, opset=OPSET)
-    data = proto.SerializeToString()
     if kind == "int8":
-        data = _quantize_static(data, calibration, batch_size)
-    return written(data, path)
+        _float_input_and_output(proto.graph)
+    return written(proto.SerializeToString(), path)
 
 
-def _quantize_static(model: bytes, calibration: Iterable[np.ndarray], batch_size: int) -> bytes:
-    """ONNX Runtime's static int8 quantization (QDQ, per-channel weights) of a float model."""
-    quantization = require("onnxruntime.quantization")
-    graph = require("onnx").load_from_string(model).graph
-    name = graph.input[0].name
-    stem = next(node.name for node in graph.node if node.op_type == "Conv")  # nodes are in topological order
-    images = np.concatenate([np.asarray(b, np.float32) for b in calibration])
-    whole = len(images) - len(images) % batch_size
-    if not whole:
-        raise ValueError(f"calibration has {len(images)} images, fewer than the batch size {batch_size}")
-    batches = iter([{name: chunk} for chunk in np.split(images[:whole], whole // batch_size)])
-
-    class Reader(quantization.CalibrationDataReader):
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(batches, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
-        epath.Path(source).write_bytes(model)
-        quantization.quantize_static(
-            source,
-            target,
-            Reader(),
-            quant_format=quantization.QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=quantization.QuantType.QInt8,
-            weight_type=quantization.QuantType.QInt8,
-            nodes_to_exclude=[stem],
-        )
-        return epath.Path(target).read_bytes()
+def _float_input_and_output(graph: Any) -> None:
+    """Give a QDQ graph with int8 input and output float32 ones: the input quantized by the
+    parameters its first DequantizeLinear reads, the output dequantized by those of the last
+    QuantizeLinear."""
+    helper, TensorProto = require("onnx").helper, require("onnx").TensorProto
+    inputs, outputs = graph.input, graph.output
+    first = next(node for node in graph.node if node.op_type == "DequantizeLinear" and inputs[0].name in node.input)
+    last = next(node for node in graph.node if node.op_type == "QuantizeLinear" and outputs[0].name in node.output)
+    image, logits = inputs[0].name, outputs[0].name
+    first.input[0], last.output[0] = image + "_int8", logits + "_int8"
+    graph.node.insert(0, helper.make_node("QuantizeLinear", [image, *first.input[1:]], [image + "_int8"]))
+    graph.node.append(helper.make_node("DequantizeLinear", [logits + "_int8", *last.input[1:]], [logits]))
+    for value in (*inputs[:1], *outputs[:1]):
+        value.type.tensor_type.elem_type = TensorProto.FLOAT
 
 
 class OnnxModel:

@@ -1,19 +1,26 @@
-"""Int8 quantization in JAX: the project's own per-channel scheme on folded layers.
+"""The int8 model in JAX: the integers every int8 export computes, on one set of ranges.
 
-Weights: symmetric int8 per output channel (scale = max |w| / 127). Activations entering each
-convolution and the classifier: 8-bit per tensor, from a range: a non-negative input (every
-ReLU output) uses 256 levels on [0, max] (int8 with zero point -128), a signed one (the image)
-255 levels on [-max, max] (the grids of `ops.quantize`, which quantization-aware training
-rounds onto too). The ranges are the ones a quantization-aware model (`MobileNetV1(
-quantization="int8")`) tracked in training, or else calibrated on a representative dataset by
-min/max (post-training quantization). Each layer multiplies the integer activations by the
-integer weights with exact int32 accumulation (`preferred_element_type=int32`) and rescales to
-float by `input_scale * kernel_scale` before the bias and activation, the arithmetic of an int8
-runtime with float requantization. docs/deploy.md says why this scheme rather than a library.
+Every tensor an integer-only runtime holds in 8 bits has a grid (`ops.quantize.input_grid`) of
+a range: the image, each convolution's output (the next one's input), the last block's output
+entering the pooling, the pooled features entering the classifier, and the logits. A ReLU
+output's grid is [0, high] in 256 levels (int8 with zero point -128), the image's and the
+logits' [-m, m] in 255 levels (zero point 0). The ranges are the ones a quantization-aware
+model (`MobileNetV1(quantization="int8")`) tracked in training, or else calibrated once here
+by min/max over a representative dataset (post-training quantization); the StableHLO, LiteRT
+and ONNX int8 exports all take them from `int8_model`.
+
+Weights are int8, symmetric per output channel (trained: the very integers quantization-aware
+training rounded to); biases int32 on the accumulator's scale `input_scale * kernel_scale`.
+Each layer sums its int8 products exactly in int32, adds the bias and requantizes onto the
+next grid: `round(float32(sum) * multiplier)`, multiplier `input_scale * kernel_scale /
+output_scale` in float32, rounding half to even, clipped to the grid and the activation. That
+is the fp32 requantization of XNNPACK's and ONNX Runtime's int8 kernels. The pooling sums the
+integers and requantizes by `pool_scale / (pixels * classifier_input_scale)`.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Mapping
 
 import jax
@@ -29,112 +36,180 @@ from mobilenet_jax.export.folding import (
     float_conv,
     float_dense,
     folded_forward,
+    mean_pool,
 )
-from mobilenet_jax.layers import INPUT_QUANTIZER
-from mobilenet_jax.model import BLOCKS, CLASSIFIER_INPUT_QUANTIZER, MobileNetV1
+from mobilenet_jax.layers import ACTIVATIONS, INPUT_QUANTIZER
+from mobilenet_jax.model import (
+    BLOCKS,
+    CLASSIFIER_INPUT_QUANTIZER,
+    LOGITS_QUANTIZER,
+    POOL_INPUT_QUANTIZER,
+    MobileNetV1,
+)
 from mobilenet_jax.ops.quantize import input_grid, kernel_scale
 
 Array = jax.Array
+Range = tuple[Any, Any]
+IMAGE, POOL, CLASSIFIER, LOGITS = ("stem",), ("pool",), ("classifier",), ("logits",)
 
 
-def _range_paths(model: MobileNetV1) -> dict[tuple[str, ...], tuple[str, ...]]:
-    """Folded layer path -> batch_stats path of the range a quantization-aware model tracked."""
-    paths = {("stem",): ("stem", INPUT_QUANTIZER)}
-    for index in range(1, len(BLOCKS) + 1):
-        for part in ("depthwise", "pointwise"):
-            paths[f"block{index}", part] = (f"block{index}", part, INPUT_QUANTIZER)
-    if model.num_classes:
-        paths[("classifier",)] = (CLASSIFIER_INPUT_QUANTIZER,)
-    return paths
+# The folded convolutions in the order of the forward pass.
+UNITS = (IMAGE, *((f"block{i}", part) for i in range(1, len(BLOCKS) + 1) for part in ("depthwise", "pointwise")))
 
 
-def _tracked_ranges(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[tuple[str, ...], Any] | None:
-    """The activation ranges a quantization-aware model stores, by folded layer path; None for a
-    float model, or one whose ranges were never tracked (never trained)."""
+def _range_points(model: MobileNetV1) -> list[tuple[str, ...]]:
+    """Where the int8 model quantizes, in order: each convolution's input (the stem's is the
+    image), the pooling's input, and with a classifier its input and the logits."""
+    return [*UNITS, POOL, *((CLASSIFIER, LOGITS) if model.num_classes else ())]
+
+
+def _tracked_path(point: tuple[str, ...]) -> tuple[str, ...]:
+    """The batch_stats path of the range a quantization-aware model tracks at `point`."""
+    named = {POOL: POOL_INPUT_QUANTIZER, CLASSIFIER: CLASSIFIER_INPUT_QUANTIZER, LOGITS: LOGITS_QUANTIZER}
+    return (named[point],) if point in named else (*point, INPUT_QUANTIZER)
+
+
+def _tracked_ranges(model: MobileNetV1, variables: Mapping[str, Any]) -> dict[tuple[str, ...], Range] | None:
+    """The activation ranges a quantization-aware model stores, by point; None for a float model,
+    or one whose ranges were never tracked (never trained, or saved without every range)."""
     if model.quantization != "int8":
         return None
     stats = variables.get("batch_stats", {})
     ranges = {}
-    for layer, path in _range_paths(model).items():
+    for point in _range_points(model):
         try:
-            node = at_path(stats, path)
+            node = at_path(stats, _tracked_path(point))
         except KeyError:
             return None
         if not float(np.asarray(node["tracked"])) > 0:
             return None
-        ranges[layer] = node
+        ranges[point] = (node["low"], node["high"])
     return ranges
 
 
 def has_trained_ranges(model: MobileNetV1, variables: Mapping[str, Any]) -> bool:
-    """Whether `model` is quantization-aware and its variables hold trained activation ranges,
-    so that its int8 model needs no calibration."""
+    """Whether `model` is quantization-aware and its variables hold every trained activation
+    range, so that its int8 model needs no calibration."""
     return _tracked_ranges(model, variables) is not None
 
 
-def calibrate(
-    model: MobileNetV1, variables: Mapping[str, Any], calibration: Iterable[np.ndarray] | None = None
-) -> dict[str, Any]:
-    """Int8 layers of the folded model: each layer's weights and input range quantized.
+def calibrated_ranges(
+    model: MobileNetV1, params: Mapping[str, Any], calibration: Iterable[np.ndarray]
+) -> dict[tuple[str, ...], Range]:
+    """Min/max of the float folded model's tensors at every range point over `calibration`."""
+    ranges: dict[tuple[str, ...], Range] = {}
+    ids = {id(at_path(params, unit)): unit for unit in UNITS}
 
-    A quantization-aware model with trained ranges uses those ranges, the grids it was trained
-    on (`calibration` is not used then), and the very integers it trained with (`_trained_kernel`);
-    any other model has its ranges calibrated on `calibration` (batches of images) by min/max.
-    """
-    params = fold_batchnorm(model, variables)
-    tracked = _tracked_ranges(model, variables)
-    if tracked is not None:
-        return _map_layers(
-            lambda path, layer: _quantize_layer(
-                layer, (tracked[path]["low"], tracked[path]["high"]), _trained_kernel(model, variables, path)
-            ),
-            params,
-        )
-    if calibration is None:
-        raise ValueError("int8 quantization needs calibration images (or a quantization-aware model's trained ranges)")
-    ranges: dict[int, tuple[float, float]] = {}
-
-    def record(layer: Layer, x: Array) -> None:
-        low, high = ranges.get(id(layer), (0.0, 0.0))
-        ranges[id(layer)] = (min(low, float(jnp.min(x))), max(high, float(jnp.max(x))))
+    def record(point: tuple[str, ...], x: Array) -> None:
+        low, high = ranges.get(point, (0.0, 0.0))
+        ranges[point] = (min(low, float(jnp.min(x))), max(high, float(jnp.max(x))))
 
     def conv(layer: Layer, x: Array, *args: Any) -> Array:
-        record(layer, x)
+        record(ids[id(layer)], x)
         return float_conv(layer, x, *args)
 
+    def pool(x: Array) -> Array:
+        record(POOL, x)
+        return mean_pool(x)
+
     def dense(layer: Layer, x: Array) -> Array:
-        record(layer, x)
-        return float_dense(layer, x)
+        record(CLASSIFIER, x)
+        logits = float_dense(layer, x)
+        record(LOGITS, logits)
+        return logits
 
     seen = 0
     for images in calibration:
         folded_forward(params, jnp.asarray(images), activation=model.activation, padding=model.padding,
-                       output_stride=model.output_stride, conv=conv, dense=dense)
+                       output_stride=model.output_stride, conv=conv, pool=pool, dense=dense)
         seen += len(images)
     if not seen:
         raise ValueError("calibration yielded no images; pass a dataset or folder with images")
-    return _map_layers(lambda path, layer: _quantize_layer(layer, ranges[id(layer)]), params)
+    return ranges
 
 
-def _map_layers(fn: Callable[[tuple[str, ...], Layer], Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """`params` (folded) with every layer replaced by `fn(path, layer)`."""
+def int8_model(
+    model: MobileNetV1, variables: Mapping[str, Any], calibration: Iterable[np.ndarray] | None = None
+) -> dict[str, Any]:
+    """The int8 model: the folded layers quantized, and the grids of every range point.
+
+    {"image": grid, "stem" and "block1".."block13" {"depthwise", "pointwise"}: layer,
+    "pool": {"input": grid, "output": grid}, "classifier": layer (with a classifier)}; a grid is
+    {"scale", "low", "high"} (the lowest and highest integer), a layer {"kernel" (int8, HWIO),
+    "kernel_scale", "bias" (int32), "input", "output" (grids), "multiplier", "high" (the
+    largest output integer under the activation)}. A quantization-aware model with trained
+    ranges uses those and the kernel integers it trained with (`calibration` is not used then);
+    any other model has its ranges calibrated on `calibration` (batches of images).
+    """
+    params = fold_batchnorm(model, variables)
+    ranges = _tracked_ranges(model, variables)
+    trained = ranges is not None
+    if not trained:
+        if calibration is None:
+            raise ValueError(
+                "int8 quantization needs calibration images (or a quantization-aware model's trained ranges)"
+            )
+        ranges = calibrated_ranges(model, params, calibration)
+    points = _range_points(model)
+    grids = {point: grid_of(*ranges[point]) for point in points}
+    bound = float(ACTIVATIONS[model.activation](np.float32(np.inf)))  # inf, or relu6's 6
+    result: dict[str, Any] = {"image": grids[IMAGE]}
+    for unit, following in zip(UNITS, points[1:]):
+        kernel = _trained_kernel(model, variables, unit) if trained else None
+        layer = quantize_layer(at_path(params, unit), grids[unit], grids[following], bound, kernel)
+        if len(unit) == 1:
+            result[unit[0]] = layer
+        else:
+            result.setdefault(unit[0], {})[unit[1]] = layer
+    result["pool"] = {"input": grids[POOL], "output": grids[CLASSIFIER] if model.num_classes else grids[POOL]}
+    if model.num_classes:
+        result["classifier"] = quantize_layer(params["classifier"], grids[CLASSIFIER], grids[LOGITS])
+    return result
+
+
+def grid_of(low: Any, high: Any) -> dict[str, np.ndarray]:
+    """The 8-bit grid of the range (low, high): {"scale", "low", "high"}, see `ops.quantize`."""
+    scale, lowest, highest = (np.asarray(v) for v in input_grid(low, high))
+    return {"scale": np.float32(scale), "low": np.int32(lowest), "high": np.int32(highest)}
+
+
+def quantize_layer(
+    layer: Layer,
+    input: Mapping[str, np.ndarray],
+    output: Mapping[str, np.ndarray],
+    bound: float = np.inf,
+    kernel: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """One folded layer between the grids `input` and `output`, its output capped at `bound`
+    (the activation's: relu6's 6); the int8 kernel and its scales are `kernel` or quantized here."""
+    if kernel is None:
+        weights = np.asarray(layer["kernel"], np.float32)
+        scale = np.asarray(kernel_scale(weights), np.float32)
+        kernel = (np.round(weights / scale).astype(np.int8), scale)
+    integers, scale = kernel
+    accumulator_scale = input["scale"] * scale
+    bias = np.round(np.asarray(layer["bias"], np.float32) / accumulator_scale)
+    high = min(output["high"], np.round(np.float32(bound) / output["scale"]))
     return {
-        key: fn((key,), node) if "kernel" in node else {part: fn((key, part), layer) for part, layer in node.items()}
-        for key, node in params.items()
+        "kernel": integers,
+        "kernel_scale": scale,
+        "bias": np.clip(bias, -(2**31), 2**31 - 1).astype(np.int32),
+        "input": dict(input),
+        "output": dict(output),
+        "multiplier": (accumulator_scale / output["scale"]).astype(np.float32),
+        "high": np.int32(high),
     }
 
 
 def _trained_kernel(
     model: MobileNetV1, variables: Mapping[str, Any], path: tuple[str, ...]
-) -> tuple[np.ndarray, np.ndarray] | None:
+) -> tuple[np.ndarray, np.ndarray]:
     """The int8 kernel and scales of the unit at `path` taken from the kernel a quantization-aware
     model trained with, before folding: sign(s) times its integers, scales |s| times its scales
     (s the BatchNorm factor). Quantizing the folded kernel gives the same integers but where
     rounding the folded float32 product moves a weight across a half step (measured: 1 weight
-    in 800,000); this way they are the trained ones exactly. None for the classifier (not folded).
+    in 800,000); this way they are the trained ones exactly.
     """
-    if path == ("classifier",):
-        return None
     kernel = np.asarray(at_path(variables["params"], path)["conv"]["kernel"], np.float32)
     scale = np.asarray(kernel_scale(kernel), np.float32)
     factor = batchnorm_factor(model, variables, path)
@@ -142,61 +217,50 @@ def _trained_kernel(
     return integers.astype(np.int8), (scale * np.abs(factor)).astype(np.float32)
 
 
-def _quantize_layer(
-    layer: Layer, input_range: tuple[Any, Any], trained_kernel: tuple[np.ndarray, np.ndarray] | None = None
-) -> dict[str, Any]:
-    """Per-output-channel int8 kernel and its scales (from the folded kernel, or `trained_kernel`),
-    the input's 8-bit grid, the float bias."""
-    if trained_kernel is None:
-        kernel = np.asarray(layer["kernel"], np.float32)
-        scale = np.asarray(kernel_scale(kernel), np.float32)
-        integers = np.round(kernel / scale).astype(np.int8)
-    else:
-        integers, scale = trained_kernel
-    input_scale, input_low, input_high = (np.asarray(v) for v in input_grid(*input_range))
-    return {
-        "kernel": integers,
-        "kernel_scale": scale,
-        "bias": np.asarray(layer["bias"], np.float32),
-        "input_scale": np.float32(input_scale),
-        "input_low": np.int32(input_low),
-        "input_high": np.int32(input_high),
-    }
+def quantize(x: Array, grid: Mapping[str, Any]) -> Array:
+    """Float `x` as the integers (int32) of `grid`."""
+    return jnp.clip(jnp.round(x / grid["scale"]), grid["low"], grid["high"]).astype(jnp.int32)
 
 
-def _integer_input(layer: Layer, x: Array) -> Array:
-    """`x` on the layer's 8-bit grid, as int32 (room for the zero-point-shifted range)."""
-    q = jnp.round(x / layer["input_scale"])
-    return jnp.clip(q, layer["input_low"], layer["input_high"]).astype(jnp.int32)
+def _requantize(total: Array, multiplier: Any, low: Any, high: Any) -> Array:
+    """Int32 sums onto the next grid: round(float32(total) * multiplier), half to even, clipped."""
+    return jnp.clip(jnp.round(total.astype(jnp.float32) * multiplier), low, high).astype(jnp.int32)
 
 
-def _rescale(layer: Layer, acc: Array) -> Array:
-    """Int32 accumulators back to float, plus the bias."""
-    return acc.astype(jnp.float32) * (layer["input_scale"] * layer["kernel_scale"]) + layer["bias"]
+def int8_conv(layer: Layer, q: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
+    """One integer convolution: exact int32 sums of int8 products plus the bias, requantized."""
+    total = canonical_conv(q, jnp.asarray(layer["kernel"], jnp.int32), stride, groups, padding, dilation,
+                           preferred_element_type=jnp.int32)
+    return _requantize(total + layer["bias"], layer["multiplier"], layer["output"]["low"], layer["high"])
 
 
-def int8_conv(layer: Layer, x: Array, stride: int, groups: int, padding: str, dilation: int = 1) -> Array:
-    """One quantized convolution: integer input times int8 kernel, exact int32 sums, rescaled."""
-    kernel = jnp.asarray(layer["kernel"], jnp.int32)
-    acc = canonical_conv(_integer_input(layer, x), kernel, stride, groups, padding, dilation,
-                         preferred_element_type=jnp.int32)
-    return _rescale(layer, acc)
+def int8_pool(pool: Mapping[str, Any], q: Array) -> Array:
+    """Integer global average pooling: the sum over the pixels, requantized onto the output grid."""
+    pixels = np.float32(q.shape[1] * q.shape[2])
+    multiplier = pool["input"]["scale"] / (pixels * pool["output"]["scale"])
+    return _requantize(jnp.sum(q, axis=(1, 2)), multiplier, pool["output"]["low"], pool["output"]["high"])
 
 
-def int8_dense(layer: Layer, features: Array) -> Array:
-    """The quantized classifier."""
-    acc = jnp.matmul(_integer_input(layer, features), jnp.asarray(layer["kernel"], jnp.int32),
-                     preferred_element_type=jnp.int32)
-    return _rescale(layer, acc)
+def int8_dense(layer: Layer, q: Array) -> Array:
+    """The integer classifier."""
+    total = jnp.matmul(q, jnp.asarray(layer["kernel"], jnp.int32), preferred_element_type=jnp.int32)
+    return _requantize(total + layer["bias"], layer["multiplier"], layer["output"]["low"], layer["high"])
+
+
+def int8_forward(model: MobileNetV1, int8: Mapping[str, Any], images: Array) -> Array:
+    """Logits (or pooled features) of the int8 model `int8` on float images, dequantized."""
+    q = folded_forward(
+        int8, quantize(images, int8["image"]), activation=None, padding=model.padding,
+        output_stride=model.output_stride, conv=int8_conv, pool=functools.partial(int8_pool, int8["pool"]),
+        dense=int8_dense,
+    )
+    last = int8["classifier"]["output"] if "classifier" in int8 else int8["pool"]["output"]
+    return q.astype(jnp.float32) * last["scale"]
 
 
 def int8_inference_fn(
     model: MobileNetV1, variables: Mapping[str, Any], calibration: Iterable[np.ndarray] | None = None
 ) -> Callable[[Array], Array]:
     """`images -> logits` of the int8 model: a quantization-aware model's on its trained ranges,
-    any other calibrated on `calibration` (batches of images); see `calibrate`."""
-    params = calibrate(model, variables, calibration)
-    return lambda images: folded_forward(
-        params, images, activation=model.activation, padding=model.padding, output_stride=model.output_stride,
-        conv=int8_conv, dense=int8_dense,
-    )
+    any other calibrated on `calibration` (batches of images); see `int8_model`."""
+    return functools.partial(int8_forward, model, int8_model(model, variables, calibration))

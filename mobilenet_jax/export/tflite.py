@@ -7,8 +7,9 @@ XNNPACK accelerates. Kinds:
 - "float32": the model as it is.
 - "float16": weights stored as float16, dequantized to float32 when the model loads.
 - "dynamic_int8": int8 weights, activations quantized on the fly (no calibration data).
-- "int8": full-integer: int8 weights and activations, int8 input and output, with activation
-  ranges calibrated on a representative dataset (batches of normalised float32 images).
+- "int8": full-integer, int8 input and output: the int8 model of `quantize` (a
+  quantization-aware model's trained ranges, or ranges calibrated once on a representative
+  dataset of normalised float32 images), its parameters written by `tflite_int8`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from typing import Any, Iterable
 import numpy as np
 from etils import epath
 
+from mobilenet_jax.export.quantize import int8_model
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.savedmodel import tf_function
 from mobilenet_jax.export.source import Deployable
+from mobilenet_jax.export.tflite_int8 import int8_flatbuffer
 from mobilenet_jax.export.writer import Kinds, written
 
-KINDS = Kinds("TFLite", ("float32", "float16", "dynamic_int8", "int8"))
+KINDS = Kinds("TFLite", ("float32", "float16", "dynamic_int8", "int8"), trained_ranges=True)
 
 
 def export_tflite(
@@ -42,6 +45,9 @@ def export_tflite(
     The bytes are also written to `path` when given.
     """
     KINDS.check(deployable, kind, calibration)
+    if kind == "int8":
+        int8 = int8_model(deployable.model, deployable.variables, calibration)
+        return written(int8_flatbuffer(deployable, int8, batch_size=batch_size), path)
     tf = require("tensorflow")
     forward = tf_function(deployable, batch_size)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], forward)
@@ -49,12 +55,6 @@ def export_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if kind == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if kind == "int8":
-        batches = [np.asarray(b, np.float32) for b in calibration]
-        converter.representative_dataset = lambda: ([image[None]] for batch in batches for image in batch)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
     return written(converter.convert(), path)
 
 
