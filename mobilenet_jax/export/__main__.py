@@ -7,8 +7,8 @@
 Formats and kinds: stablehlo (float32, int8), savedmodel (float32), tflite (float32, float16,
 dynamic_int8, int8), onnx (float32, int8). `--calibration` and `--data` take "digits", an image
 folder `root/<class>/*.jpg` or a prepared TFDS name ("name" or "name:split", looked up in
-`--data-dir`). A model trained with --config.quantization=int8 needs no calibration for the
-stablehlo int8 kind: it uses the activation ranges it trained with. The input size and
+`--data-dir`). A model trained with --config.quantization=int8 needs no calibration for any
+int8 kind: every format takes the activation ranges it trained with. The input size and
 normalisation are the ones the weights record; `--image-size` and `--normalization` replace
 them, and a model file that records none needs both.
 """

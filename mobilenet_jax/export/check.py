@@ -3,16 +3,20 @@
 Float kinds are compared logit by logit: the largest |exported - Flax| over all images relative
 to the largest |Flax logit|, against a tolerance (float32 1e-4, float16 1e-2). The same ratio
 taken per image (each image's own largest logit) is reported beside it as the worst image: it
-is larger where an image's logits are all small. Int8 kinds change predictions by design, so they are measured rather than passed:
-top-1 agreement with the Flax model and, with labels, the accuracy drop. A quantization-aware
-model (`quantization="int8"`) is compared as what each export computes: its float kinds with
-its float arithmetic (quantization off: the folded float weights), its int8 kinds with the model
-as trained (fake-quantized), which its JAX int8 model reproduces.
+is larger where an image's logits are all small. Int8 kinds change predictions by design, so
+against the Flax model they are measured rather than passed: top-1 agreement and, with labels,
+the accuracy drop. Each "int8" kind is also compared with the JAX int8 model (`quantize`),
+which every int8 format computes: the share of logits within one step of the logits' grid,
+and top-1 agreement. A quantization-aware model (`quantization="int8"`) is compared as what each
+export computes: its float kinds with its float arithmetic (quantization off: the folded float
+weights), its int8 kinds with the model as trained (fake-quantized). The int8 kinds of any other
+model are calibrated once, on `calibration`, and all take those ranges.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tempfile
 from typing import Iterable, Sequence
@@ -21,6 +25,7 @@ import jax
 import numpy as np
 
 from mobilenet_jax.export.exporters import FORMATS, export, load_exported
+from mobilenet_jax.export.quantize import int8_forward, int8_model, output_grid, with_calibrated_ranges
 from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.inference import predict
 
@@ -39,6 +44,8 @@ class Fidelity:
     agreement: float  # fraction of images with the same top-1 class as the Flax model
     accuracy: float | None = None  # with labels
     reference_accuracy: float | None = None
+    within_int8_step: float | None = None  # "int8" kinds: share of logits within one step of the JAX int8 model's
+    int8_agreement: float | None = None  # "int8" kinds: top-1 agreement with the JAX int8 model
 
     @property
     def tolerance(self) -> float | None:
@@ -78,6 +85,13 @@ def fidelity(
                     float(np.mean(top1 == ref_top1)), accuracy, reference_accuracy)
 
 
+def int8_comparison(int8_logits: np.ndarray, step: float, outputs: np.ndarray) -> dict[str, float]:
+    """How closely `outputs` reproduce the JAX int8 model's logits on the grid of step `step`."""
+    within = np.abs(outputs - int8_logits) <= step * (1 + 1e-4)  # a step, give or take float32 rounding
+    return {"within_int8_step": float(np.mean(within)),
+            "int8_agreement": float(np.mean(outputs.argmax(-1) == int8_logits.argmax(-1)))}
+
+
 def check_exports(
     deployable: Deployable,
     images: np.ndarray,
@@ -88,34 +102,45 @@ def check_exports(
 ) -> list[Fidelity]:
     """Export `deployable` in each (format, kind), run it on `images` and compare with Flax.
 
-    Int8 kinds need `calibration` batches (but the StableHLO int8 model of a quantization-aware
-    model with trained ranges). Exports are written to `directory` (a temporary one
-    by default).
+    Int8 kinds need `calibration` batches, but for a quantization-aware model with trained
+    ranges. Exports are written to `directory` (a temporary one by default).
     """
     reference = reference_logits(deployable, images)
     float_reference = reference_logits(deployable, images, quantized=False) if deployable.model.quantization else reference
     calibration = None if calibration is None else list(calibration)
+    quantized = deployable
+    if any(kind == "int8" for _, kind in exports):
+        model, variables = with_calibrated_ranges(deployable.model, deployable.variables, calibration)
+        quantized = dataclasses.replace(deployable, model=model, variables=variables)
+        int8 = int8_model(model, variables)
+        int8_logits = np.asarray(jax.jit(functools.partial(int8_forward, model, int8))(images))
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for format_name, kind in exports:
             path = os.path.join(directory or tmp, f"model_{kind}{FORMATS[format_name].suffix}")
-            export(deployable, format_name, path, kind=kind, calibration=calibration)
+            export(quantized if kind == "int8" else deployable, format_name, path, kind=kind, calibration=calibration)
             outputs = load_exported(format_name, path)(images)
             expected = reference if "int8" in kind else float_reference
-            results.append(fidelity(format_name, kind, expected, outputs, labels))
+            result = fidelity(format_name, kind, expected, outputs, labels)
+            if kind == "int8":
+                step = output_grid(int8)["scale"]
+                result = dataclasses.replace(result, **int8_comparison(int8_logits, float(step), outputs))
+            results.append(result)
     return results
 
 
 def format_table(results: Sequence[Fidelity]) -> str:
     """The results as a plain-text table, one row per export."""
     lines = [f"{'format':11} {'kind':13} {'max rel diff':>12} {'worst image':>11} {'tolerance':>9} {'pass':>5} "
-             f"{'top-1 agree':>11} {'accuracy':>8} {'drop':>7}"]
+             f"{'top-1 agree':>11} {'accuracy':>8} {'drop':>7} {'int8 <=1 step':>13} {'int8 top-1':>10}"]
     for r in results:
         tolerance = "-" if r.tolerance is None else f"{r.tolerance:.0e}"
         passed = "-" if r.passed is None else ("yes" if r.passed else "NO")
         accuracy = "-" if r.accuracy is None else f"{100 * r.accuracy:.2f}%"
         drop = "-" if r.accuracy_drop is None else f"{100 * r.accuracy_drop:+.2f}"
+        within = "-" if r.within_int8_step is None else f"{100 * r.within_int8_step:.2f}%"
+        int8_top1 = "-" if r.int8_agreement is None else f"{100 * r.int8_agreement:.2f}%"
         lines.append(f"{r.format:11} {r.kind:13} {r.max_relative_diff:12.2e} {r.worst_image_diff:11.2e} "
                      f"{tolerance:>9} {passed:>5} "
-                     f"{100 * r.agreement:10.2f}% {accuracy:>8} {drop:>7}")
+                     f"{100 * r.agreement:10.2f}% {accuracy:>8} {drop:>7} {within:>13} {int8_top1:>10}")
     return "\n".join(lines)

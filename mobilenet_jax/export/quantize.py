@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from mobilenet_jax.export.folding import (
     Layer,
@@ -96,7 +97,8 @@ def has_trained_ranges(model: MobileNetV1, variables: Mapping[str, Any]) -> bool
 def calibrated_ranges(
     model: MobileNetV1, params: Mapping[str, Any], calibration: Iterable[np.ndarray]
 ) -> dict[tuple[str, ...], Range]:
-    """Min/max of the float folded model's tensors at every range point over `calibration`."""
+    """Min/max of the float folded model's tensors at every range point over `calibration`
+    (batches of images)."""
     ranges: dict[tuple[str, ...], Range] = {}
     ids = {id(at_path(params, unit)): unit for unit in UNITS}
 
@@ -128,6 +130,25 @@ def calibrated_ranges(
     return ranges
 
 
+def with_calibrated_ranges(
+    model: MobileNetV1, variables: Mapping[str, Any], calibration: Iterable[np.ndarray] | None
+) -> tuple[MobileNetV1, dict[str, Any]]:
+    """`model` and `variables` as a quantization-aware model holding activation ranges: its own
+    trained ones when it has them (`calibration` is not used then), else ranges calibrated
+    once on `calibration` (post-training quantization), stored where training tracks them."""
+    if has_trained_ranges(model, variables):
+        return model, dict(variables)
+    if calibration is None:
+        raise ValueError("int8 quantization needs calibration images (or a quantization-aware model's trained ranges)")
+    model = model.clone(quantization="int8")
+    ranges = calibrated_ranges(model, fold_batchnorm(model, variables), calibration)
+    stats = traverse_util.flatten_dict(dict(variables["batch_stats"]))
+    for point, (low, high) in ranges.items():
+        values = {"low": low, "high": high, "tracked": 1.0}
+        stats.update({(*_tracked_path(point), key): np.float32(value) for key, value in values.items()})
+    return model, {**variables, "batch_stats": traverse_util.unflatten_dict(stats)}
+
+
 def int8_model(
     model: MobileNetV1, variables: Mapping[str, Any], calibration: Iterable[np.ndarray] | None = None
 ) -> dict[str, Any]:
@@ -137,26 +158,19 @@ def int8_model(
     "pool": {"input": grid, "output": grid}, "classifier": layer (with a classifier)}; a grid is
     {"scale", "low", "high"} (the lowest and highest integer), a layer {"kernel" (int8, HWIO),
     "kernel_scale", "bias" (int32), "input", "output" (grids), "multiplier", "high" (the
-    largest output integer under the activation)}. A quantization-aware model with trained
-    ranges uses those and the kernel integers it trained with (`calibration` is not used then);
-    any other model has its ranges calibrated on `calibration` (batches of images).
+    largest output integer under the activation)}. The ranges and kernel integers are those of
+    `with_calibrated_ranges`: a quantization-aware model's trained ones, or calibrated.
     """
+    model, variables = with_calibrated_ranges(model, variables, calibration)
     params = fold_batchnorm(model, variables)
     ranges = _tracked_ranges(model, variables)
-    trained = ranges is not None
-    if not trained:
-        if calibration is None:
-            raise ValueError(
-                "int8 quantization needs calibration images (or a quantization-aware model's trained ranges)"
-            )
-        ranges = calibrated_ranges(model, params, calibration)
     points = _range_points(model)
     grids = {point: grid_of(*ranges[point]) for point in points}
     bound = float(ACTIVATIONS[model.activation](np.float32(np.inf)))  # inf, or relu6's 6
     result: dict[str, Any] = {"image": grids[IMAGE]}
     for unit, following in zip(UNITS, points[1:]):
-        kernel = _trained_kernel(model, variables, unit) if trained else None
-        layer = quantize_layer(at_path(params, unit), grids[unit], grids[following], bound, kernel)
+        layer = quantize_layer(at_path(params, unit), grids[unit], grids[following], bound,
+                               _trained_kernel(model, variables, unit))
         if len(unit) == 1:
             result[unit[0]] = layer
         else:
@@ -247,6 +261,11 @@ def int8_dense(layer: Layer, q: Array) -> Array:
     return _requantize(total + layer["bias"], layer["multiplier"], layer["output"]["low"], layer["high"])
 
 
+def output_grid(int8: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The grid of the int8 model's output: the logits', or the pooled features' without a classifier."""
+    return int8["classifier"]["output"] if "classifier" in int8 else int8["pool"]["output"]
+
+
 def int8_forward(model: MobileNetV1, int8: Mapping[str, Any], images: Array) -> Array:
     """Logits (or pooled features) of the int8 model `int8` on float images, dequantized."""
     q = folded_forward(
@@ -254,8 +273,7 @@ def int8_forward(model: MobileNetV1, int8: Mapping[str, Any], images: Array) -> 
         output_stride=model.output_stride, conv=int8_conv, pool=functools.partial(int8_pool, int8["pool"]),
         dense=int8_dense,
     )
-    last = int8["classifier"]["output"] if "classifier" in int8 else int8["pool"]["output"]
-    return q.astype(jnp.float32) * last["scale"]
+    return q.astype(jnp.float32) * output_grid(int8)["scale"]
 
 
 def int8_inference_fn(

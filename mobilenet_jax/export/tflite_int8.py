@@ -103,7 +103,7 @@ def _layers_in_order(int8: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 
 
 def zero_point(grid: Mapping[str, Any]) -> int:
-    """The int8 zero point of a grid: -128 for [0, 255] (ReLU outputs), 0 for [-127, 127]."""
+    """The int8 zero point of a grid: -128 for [0, 255] (ReLU outputs), 0 for [-128, 127] (signed)."""
     return -128 if int(grid["low"]) == 0 else 0
 
 

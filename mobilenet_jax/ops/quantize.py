@@ -6,8 +6,10 @@ network computes the int8 model's arithmetic (up to float rounding of the sums).
 
 - Kernels: symmetric per output channel (the last axis), 127 levels a side, scale
   `max |w| / 127` over the channel (1 for an all-zero channel).
-- Activations entering a convolution or the classifier: per tensor, from a range (low, high).
-  A range with `low < 0` (the image) is signed, 255 levels on [-m, m] with m = max(-low, high);
+- Activations (entering a convolution, the pooling or the classifier, and the logits): per
+  tensor, from a range (low, high).
+  A range with `low < 0` (the image, the logits) is signed: step m / 127 with m = max(-low,
+  high), integers -128..127 (int8's, as integer runtimes clip);
   otherwise (every ReLU output) 256 levels on [0, high]. A zero-width range gets scale 1.
 
 Fake quantization is `x + stop_gradient(q - x)`: inside the range the forward value is q exactly
@@ -57,7 +59,7 @@ def input_grid(low: Array, high: Array) -> tuple[Array, Array, Array]:
     largest = xp.where(signed, xp.maximum(-low, high), high)
     levels = xp.where(signed, xp.float32(WEIGHT_LEVELS), xp.float32(UNSIGNED_LEVELS))
     scale = xp.where(largest > 0, largest / levels, xp.float32(1.0))
-    return scale, xp.where(signed, -levels, xp.float32(0.0)), levels
+    return scale, xp.where(signed, -levels - 1, xp.float32(0.0)), levels
 
 
 def fake_quant_kernel(kernel: Array) -> Array:
