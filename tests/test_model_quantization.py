@@ -28,9 +28,11 @@ def test_quantization_adds_only_activation_ranges():
     assert quantized["params"] == float_model["params"]
     added = set(quantized["batch_stats"]) - set(float_model["batch_stats"])
     assert set(float_model["batch_stats"]) <= set(quantized["batch_stats"])
-    # One range per layer that multiplies: the stem, 13 depthwise, 13 pointwise, the classifier.
-    assert len(added) == 28 * 3 and all(is_activation_range(path) for path in added)
-    assert {"stem/input_quant/low", "block13/pointwise/input_quant/tracked", "classifier_input_quant/high"} <= added
+    # One range per tensor an integer runtime holds in 8 bits: the input of the stem, of the 13
+    # depthwise and 13 pointwise convolutions, of the pooling and of the classifier, and the logits.
+    assert len(added) == 30 * 3 and all(is_activation_range(path) for path in added)
+    assert {"stem/input_quant/low", "block13/pointwise/input_quant/tracked", "pool_input_quant/low",
+            "classifier_input_quant/high", "logits_quant/tracked"} <= added
     assert not any(is_activation_range(path) for path in float_model["batch_stats"])
 
 

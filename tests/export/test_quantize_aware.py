@@ -11,24 +11,26 @@ from mobilenet_jax.export import FORMATS, check, export, int8_inference_fn
 from mobilenet_jax.export import quantize as int8
 from mobilenet_jax.export.stablehlo import export_stablehlo, load_stablehlo
 from mobilenet_jax.inference import predict
-from mobilenet_jax.layers import ACTIVATIONS
+from mobilenet_jax.export.folding import at_path
 from mobilenet_jax.model import block_geometry
 from mobilenet_jax.ops import backends
 from mobilenet_jax.ops.quantize import kernel_scale
 
 SIZE = 32
 # Each layer alone: the int8 layer fed the fake-quantized input of the trained model gives that
-# model's layer output up to float32 rounding of the float sums against exact int32 ones
-# (measured at most 8.5e-7 of the layer's largest output, negative BatchNorm scales included).
-LAYER_TOLERANCE = 1e-5
-# The whole network: now and then a last-bit difference moves a value across a rounding
-# boundary of the next layer's input grid (measured: first in 1 of ~30,000 values of a layer's
-# input), the flipped level perturbs the layers above, which flip more. On these random networks
-# (0.25-32, 0.25-64, 0.5-64, two seeds) the logits differ by 2.2-5.8e-2 of the largest and top-1
-# agrees on 98.4-100 % of 64 images; on fine-tuned digits models by 5.7e-3 and 1.0e-2 with
-# 100 % agreement on the 360 test images (docs/deploy.md).
-LOGIT_TOLERANCE = 0.1
-MIN_AGREEMENT = 0.95
+# model's next quantized tensor, except where the int8 model's bias, rounded onto the int32
+# accumulator grid (as integer runtimes store it; training keeps it float), or float32 rounding
+# of the trained model's sums moves a value across a rounding boundary of the next grid: a
+# share of at most about the layer's requantization multiplier (accumulator step / output
+# step). Measured: 0 to 1.7 % of a layer's values, one step each.
+LAYER_MAX_SHARE = 0.03
+# The whole network: the flipped levels perturb the layers above, which flip more. On these
+# random networks (two seeds, output stride 32 and 16) the logits differ by up to 16 steps of
+# the logits' grid and top-1 agrees on 92-100 % of 64 images; trained networks shrink such
+# perturbations: the fine-tuned digits models keep top-1 on 99.7-100 % of the 360 test images
+# (docs/deploy.md).
+LOGIT_TOLERANCE = 0.2
+MIN_AGREEMENT = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -45,34 +47,36 @@ def trained_at_stride(request, trained):
     return quantization_aware(realistic_deployable(0.25, SIZE, negative_scales=0.25, output_stride=request.param))
 
 
-def test_each_layer_equals_its_int8_layer(trained_at_stride):
+def test_each_layer_computes_the_next_quantized_tensor_of_the_trained_model(trained_at_stride):
     model, variables = trained_at_stride.model, trained_at_stride.variables
-    layers = int8.calibrate(model, variables)
-    act = ACTIVATIONS[model.activation]
-    units = [("stem", layers["stem"], (2, 1), False)] + [
-        (f"block{i}/{part}", layers[f"block{i}"][part], geometry if part == "depthwise" else (1, 1),
-         part == "depthwise")
-        for i, geometry in enumerate(block_geometry(model.output_stride), start=1)
-        for part in ("depthwise", "pointwise")
-    ]
+    spec = int8.int8_model(model, variables)
+    names = ["stem", *(f"block{i}/{part}" for i in range(1, 14) for part in ("depthwise", "pointwise"))]
+    geometry = [(2, 1), *(g if part == "depthwise" else (1, 1)
+                          for g in block_geometry(model.output_stride) for part in ("depthwise", "pointwise"))]
+    following = [f"{name}/input_quant" for name in names[1:]] + ["pool_input_quant"]
 
     @jax.jit
-    def layer_errors(x):
+    def layer_differences(x):
         _, captured = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
-        outputs = traverse_util.flatten_dict(captured["intermediates"], sep="/")
-        relative = lambda got, want: jax.numpy.abs(got - want).max() / jax.numpy.abs(want).max()
-        errors = {}
-        for name, layer, (stride, dilation), depthwise in units:
-            x = outputs[f"{name}/input_quant/__call__"][0]  # the quantized input, on the layer's grid
-            got = act(int8.int8_conv(layer, x, stride, x.shape[-1] if depthwise else 1, model.padding, dilation))
-            errors[name] = relative(got, outputs[f"{name}/__call__"][0])
-        x = outputs["classifier_input_quant/__call__"][0]
-        errors["classifier"] = relative(int8.int8_dense(layers["classifier"], x), outputs["classifier/__call__"][0])
-        return errors
+        quantized = {k[: -len("/__call__")]: v[0] for k, v in traverse_util.flatten_dict(captured["intermediates"], sep="/").items()}
+        steps = {}
+        for name, target, (stride, dilation) in zip(names, following, geometry):
+            layer = at_path(spec, tuple(name.split("/")))
+            q = int8.quantize(quantized[f"{name}/input_quant"], layer["input"])
+            groups = q.shape[-1] if "depthwise" in name else 1
+            steps[name] = int8.int8_conv(layer, q, stride, groups, model.padding, dilation) - int8.quantize(
+                quantized[target], layer["output"])
+        pooled = int8.int8_pool(spec["pool"], int8.quantize(quantized["pool_input_quant"], spec["pool"]["input"]))
+        steps["pool"] = pooled - int8.quantize(quantized["classifier_input_quant"], spec["pool"]["output"])
+        classifier = spec["classifier"]
+        logits = int8.int8_dense(classifier, int8.quantize(quantized["classifier_input_quant"], classifier["input"]))
+        steps["classifier"] = logits - int8.quantize(quantized["logits_quant"], classifier["output"])
+        return steps
 
-    errors = {name: float(error) for name, error in layer_errors(images(SIZE, 8, 99)).items()}
-    worst = sorted(errors.items(), key=lambda e: -e[1])[:3]
-    assert len(errors) == 28 and max(errors.values()) <= LAYER_TOLERANCE, worst
+    steps = {name: np.asarray(d) for name, d in layer_differences(images(SIZE, 8, 99)).items()}
+    assert len(steps) == 29 and max(np.abs(d).max() for d in steps.values()) <= 1
+    shares = {name: float(np.mean(d != 0)) for name, d in steps.items()}
+    assert max(shares.values()) <= LAYER_MAX_SHARE, sorted(shares.items(), key=lambda item: -item[1])[:3]
 
 
 def test_eval_logits_match_the_int8_model_and_its_stablehlo_export(trained_at_stride, tmp_path):
@@ -92,7 +96,7 @@ def test_eval_logits_match_the_int8_model_and_its_stablehlo_export(trained_at_st
 
 
 def test_kernel_integers_are_the_trained_ones(trained):
-    layers = int8.calibrate(trained.model, trained.variables)
+    layers = int8.int8_model(trained.model, trained.variables)
     unit = trained.variables["params"]["block5"]["pointwise"]
     stats = trained.variables["batch_stats"]["block5"]["pointwise"]
     kernel = np.asarray(unit["conv"]["kernel"])
@@ -102,12 +106,12 @@ def test_kernel_integers_are_the_trained_ones(trained):
     np.testing.assert_array_equal(layers["block5"]["pointwise"]["kernel"], np.sign(factor) * trained_integers)
 
 
-def test_only_the_stablehlo_int8_kind_of_trained_ranges_goes_without_calibration(trained, tmp_path):
+def test_no_int8_kind_of_trained_ranges_needs_calibration(trained, tmp_path):
     needed = [(name, kind) for name, f in FORMATS.items() for kind in f.kinds.names
               if f.kinds.needs_calibration(trained, kind)]
-    assert needed == [("tflite", "int8"), ("onnx", "int8")]
+    assert needed == []
     # The export API asks the same rule: a calibration set that does not exist is never opened.
-    export(trained, "stablehlo", str(tmp_path / "model.stablehlo"), kind="int8", calibration=str(tmp_path / "none"))
+    export(trained, "tflite", str(tmp_path / "model.tflite"), kind="int8", calibration=str(tmp_path / "none"))
 
 
 def test_ranges_never_tracked_need_calibration():

@@ -23,11 +23,11 @@ def test_fake_quant_input_is_on_the_export_grid(low, high):
     steps = np.round(out / scale)
     np.testing.assert_array_equal(out, steps * scale)  # exactly on the grid: an integer times the scale
     assert steps.min() == qmin and steps.max() == qmax  # clipped to it
-    assert (qmin, qmax) == ((-127, 127) if low < 0 else (0, 255))
-    # The integers of the export's input quantization, times the same scale.
-    layer = int8._quantize_layer({"kernel": np.ones((1, 1, 5, 2), np.float32), "bias": np.zeros(2)}, (low, high))
-    np.testing.assert_array_equal(out, np.asarray(int8._integer_input(layer, x), np.float32) * layer["input_scale"])
-    assert layer["input_scale"] == scale and (layer["input_low"], layer["input_high"]) == (qmin, qmax)
+    assert (qmin, qmax) == ((-128, 127) if low < 0 else (0, 255))
+    # The integers of the export's quantization, times the same scale.
+    grid = int8.grid_of(low, high)
+    np.testing.assert_array_equal(out, np.asarray(int8.quantize(x, grid), np.float32) * grid["scale"])
+    assert grid["scale"] == scale and (grid["low"], grid["high"]) == (qmin, qmax)
 
 
 @pytest.mark.parametrize("low,high", RANGES.values(), ids=RANGES.keys())
