@@ -1,8 +1,8 @@
 """Exports of a model trained on digits: float16 logits, int8 agreement and accuracy drop, and
-quantization-aware fine-tuning of that model against post-training quantization.
+quantization-aware fine-tuning of that model exported to every int8 runtime.
 
-A short digits run (MobileNet 0.25 at 32x32) is trained once for the module; every int8 kind
-is calibrated on training-pipeline images, and every export is evaluated on the 360 test images.
+A short digits run (MobileNet 0.25 at 32x32) is trained once for the module; its int8 kinds are
+calibrated once on training-pipeline images, and every export is evaluated on the 360 test images.
 """
 
 import numpy as np
@@ -18,20 +18,19 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("tf2onnx")
 
 EPOCHS = 8
-INT8_EXPORTS = (("stablehlo", "int8"), ("tflite", "dynamic_int8"), ("tflite", "int8"), ("onnx", "int8"))
+INT8_FORMATS = ("stablehlo", "tflite", "onnx")
+INT8_EXPORTS = (*((name, "int8") for name in INT8_FORMATS), ("tflite", "dynamic_int8"))
 # Bounds from measurement (docs/deploy.md). After 8 epochs (84 % accuracy) every int8 kind
 # agreed with Flax on 98.1-99.4 % of the test images and lost at most 0.3 points (some gained
 # up to 0.6); after 40 epochs (97 %) 99.4-100 % and at most 0.3 points. The bounds leave
 # room for 4 more disagreeing images.
 MAX_DROP = 0.015
 MIN_AGREEMENT = 0.97
-# ONNX int8 is calibrated by ONNX Runtime's own quantizer, whose ranges depend on the trained
-# model more than the other kinds' do: on three 8-epoch models (one device; eight, two
-# trainings that differ) it agreed with Flax on 80.0 %, 86.7 % and 98.9 % of the test images
-# and lost up to 11.7 points (this module's run: 80.0 %, -11.7), while TFLite int8 agreed on
-# 99 %. The bounds still fail an export that collapses towards chance (10 %).
-ONNX_INT8_MIN_AGREEMENT = 0.75
-ONNX_INT8_MAX_DROP = 0.15
+# Every int8 runtime against the JAX int8 model (the project's promise; measured: all logits
+# equal): the share of logits within one step of the logits' grid, and top-1 agreement.
+MIN_WITHIN_INT8_STEP = 0.999
+MIN_INT8_AGREEMENT = 0.995
+ONE_IMAGE = 1 / 360
 FLOAT16_TOLERANCE = 1e-2
 
 
@@ -82,15 +81,16 @@ def test_float16_weights_within_tolerance(results):
 @pytest.mark.parametrize("export", INT8_EXPORTS, ids="-".join)
 def test_int8_accuracy_drop_is_small(results, export):
     result = results[export]
-    own_calibration = export == ("onnx", "int8")
-    assert result.agreement >= (ONNX_INT8_MIN_AGREEMENT if own_calibration else MIN_AGREEMENT)
-    assert result.accuracy_drop <= (ONNX_INT8_MAX_DROP if own_calibration else MAX_DROP)
+    assert result.agreement >= MIN_AGREEMENT and result.accuracy_drop <= MAX_DROP
+    if export[1] == "int8":  # post-training quantization, calibrated once for all three formats
+        assert result.within_int8_step >= MIN_WITHIN_INT8_STEP and result.int8_agreement >= MIN_INT8_AGREEMENT
 
 
 @pytest.fixture(scope="module")
 def quantization_aware(float_run, tmp_path_factory):
     """`python train.py --config.init_from=<the float run> --config.quantization=int8` (one CPU
-    device, a short fine-tuning), its final evaluation, its model, and its JAX int8 export checked."""
+    device, a short fine-tuning), its final evaluation, its model, and its int8 exports checked
+    (no calibration: the trained ranges)."""
     workdir = tmp_path_factory.mktemp("digits_qat")
     flags = (
         "--config=configs/digits.py", f"--config.init_from={float_run}", "--config.quantization=int8",
@@ -103,22 +103,25 @@ def quantization_aware(float_run, tmp_path_factory):
     final = [r for r in read_metrics(str(workdir)) if "eval_accuracy" in r][-1]
     deployable = load_weights(str(workdir))
     images, labels, _ = examples_of(deployable)
-    (int8,) = check.check_exports(deployable, images, labels, None, [("stablehlo", "int8")])  # no calibration
+    int8 = check.check_exports(deployable, images, labels, None, [(name, "int8") for name in INT8_FORMATS])
     return final, deployable, int8
 
 
-def test_quantization_aware_fine_tuning_keeps_the_float_accuracy_in_int8(results, quantization_aware):
+def test_quantization_aware_fine_tuning_keeps_the_float_accuracy_in_every_int8_runtime(results, quantization_aware):
     result, deployable, int8 = quantization_aware
     assert result["step"] == QAT_STEPS and np.isfinite(result["eval_loss"])
     assert deployable.model.quantization == "int8" and has_trained_ranges(deployable.model, deployable.variables)
-    # The exported int8 model computes what the fine-tuned model does (measured: 100 % agreement).
-    assert int8.agreement >= MIN_AGREEMENT and abs(int8.accuracy - result["eval_accuracy"]) <= MAX_DROP
+    print({r.format: (r.accuracy, r.agreement, r.within_int8_step, r.int8_agreement) for r in int8},
+          "reported", result["eval_accuracy"])
+    # Every runtime computes the JAX int8 model, and reaches the accuracy training reported
+    # within one image of the 360.
+    assert [r.format for r in int8] == list(INT8_FORMATS)
+    for r in int8:
+        assert r.within_int8_step >= MIN_WITHIN_INT8_STEP and r.int8_agreement >= MIN_INT8_AGREEMENT
+        assert abs(r.accuracy - result["eval_accuracy"]) <= ONE_IMAGE + 1e-6
     float_accuracy = results["tflite", "float32"].reference_accuracy
-    ptq = results["stablehlo", "int8"]
-    print(f"float {float_accuracy:.4f}, post-training int8 {ptq.accuracy:.4f}, "
-          f"quantization-aware ({QAT_STEPS} steps) {result['eval_accuracy']:.4f}, its int8 {int8.accuracy:.4f}")
-    # Measured: float 84.4 %, post-training int8 84.7 %, after fine-tuning 86.4 % fake-quantized
-    # and 86.4 % in int8 (the fine-tuning steps also train). Post-training quantization lost
-    # nothing either, so which drop is smaller is noise at this scale (a point is 3.6 images);
-    # asserted is what holds: the int8 model after fine-tuning is as accurate as the float start.
-    assert int8.accuracy >= float_accuracy - MAX_DROP
+    print(f"float {float_accuracy:.4f}, post-training int8 {results['stablehlo', 'int8'].accuracy:.4f}, "
+          f"quantization-aware ({QAT_STEPS} steps) {result['eval_accuracy']:.4f}")
+    # The fine-tuning steps also train: asserted is what holds at this scale (a point is 3.6
+    # images), that the int8 model after fine-tuning is as accurate as the float start.
+    assert min(r.accuracy for r in int8) >= float_accuracy - MAX_DROP
