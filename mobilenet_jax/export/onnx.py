@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from etils import epath
 
+from mobilenet_jax.export.quantize import int8_model, output_grid
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.export.tflite import export_tflite
+from mobilenet_jax.export.tflite_int8 import int8_flatbuffer, zero_point
 from mobilenet_jax.export.writer import Kinds, written
 
 KINDS = Kinds("ONNX", ("float32", "int8"), trained_ranges=True)
@@ -43,30 +45,37 @@ def export_onnx(
     """
     KINDS.check(deployable, kind, calibration)
     tf2onnx = require("tf2onnx")
+    int8 = None if kind == "float32" else int8_model(deployable.model, deployable.variables, calibration)
     with tempfile.TemporaryDirectory() as tmp:
         flatbuffer = os.path.join(tmp, "model.tflite")
-        export_tflite(deployable, flatbuffer, kind="float32" if kind == "float32" else "int8",
-                      calibration=calibration, batch_size=batch_size)
+        if int8 is None:
+            export_tflite(deployable, flatbuffer, batch_size=batch_size)
+        else:
+            epath.Path(flatbuffer).write_bytes(int8_flatbuffer(deployable, int8, batch_size=batch_size))
         proto, _ = tf2onnx.convert.from_tflite(flatbuffer, opset=OPSET)
-    if kind == "int8":
-        _float_input_and_output(proto.graph)
+    if int8 is not None:
+        _float_input_and_output(proto.graph, int8["image"], output_grid(int8))
     return written(proto.SerializeToString(), path)
 
 
-def _float_input_and_output(graph: Any) -> None:
-    """Give a QDQ graph with int8 input and output float32 ones: the input quantized by the
-    parameters its first DequantizeLinear reads, the output dequantized by those of the last
-    QuantizeLinear."""
-    helper, TensorProto = require("onnx").helper, require("onnx").TensorProto
-    inputs, outputs = graph.input, graph.output
-    first = next(node for node in graph.node if node.op_type == "DequantizeLinear" and inputs[0].name in node.input)
-    last = next(node for node in graph.node if node.op_type == "QuantizeLinear" and outputs[0].name in node.output)
-    image, logits = inputs[0].name, outputs[0].name
-    first.input[0], last.output[0] = image + "_int8", logits + "_int8"
-    graph.node.insert(0, helper.make_node("QuantizeLinear", [image, *first.input[1:]], [image + "_int8"]))
-    graph.node.append(helper.make_node("DequantizeLinear", [logits + "_int8", *last.input[1:]], [logits]))
-    for value in (*inputs[:1], *outputs[:1]):
-        value.type.tensor_type.elem_type = TensorProto.FLOAT
+def _float_input_and_output(graph: Any, image: Mapping[str, Any], output: Mapping[str, Any]) -> None:
+    """Give a graph with int8 input and output float32 ones: the images quantized onto the
+    `image` grid, the output dequantized from the `output` grid."""
+    onnx = require("onnx")
+    numpy_helper, helper = onnx.numpy_helper, onnx.helper
+    source, target = graph.input[0], graph.output[0]
+    for value in (source, target):
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    for node in graph.node:
+        node.input[:] = [source.name + "_int8" if name == source.name else name for name in node.input]
+        node.output[:] = [target.name + "_int8" if name == target.name else name for name in node.output]
+    for name, grid in (("image", image), ("output", output)):
+        graph.initializer.append(numpy_helper.from_array(np.asarray(grid["scale"], np.float32), f"{name}_scale"))
+        graph.initializer.append(numpy_helper.from_array(np.asarray(zero_point(grid), np.int8), f"{name}_zero_point"))
+    graph.node.insert(0, helper.make_node(
+        "QuantizeLinear", [source.name, "image_scale", "image_zero_point"], [source.name + "_int8"]))
+    graph.node.append(helper.make_node(
+        "DequantizeLinear", [target.name + "_int8", "output_scale", "output_zero_point"], [target.name]))
 
 
 class OnnxModel:

@@ -52,6 +52,7 @@ from mobilenet_jax.ops.quantize import input_grid, kernel_scale
 Array = jax.Array
 Range = tuple[Any, Any]
 IMAGE, POOL, CLASSIFIER, LOGITS = ("stem",), ("pool",), ("classifier",), ("logits",)
+BIAS_LIMIT = 2**30  # the largest int32 bias: room for the sums it is added to
 
 
 # The folded convolutions in the order of the forward pass.
@@ -201,13 +202,19 @@ def quantize_layer(
         scale = np.asarray(kernel_scale(weights), np.float32)
         kernel = (np.round(weights / scale).astype(np.int8), scale)
     integers, scale = kernel
+    bias = np.asarray(layer["bias"], np.float32)
+    # A channel whose bias would overflow its int32 grid (a near-zero kernel beside a bias) gets
+    # a coarser kernel scale, as integer converters do: the bias then fits in 2^30.
+    needed = (np.abs(bias) / (input["scale"] * np.float32(BIAS_LIMIT))).astype(np.float32)
+    if (scale < needed).any():
+        coarser = np.maximum(scale, needed)
+        integers, scale = np.round(integers * (scale / coarser)).astype(np.int8), coarser
     accumulator_scale = input["scale"] * scale
-    bias = np.round(np.asarray(layer["bias"], np.float32) / accumulator_scale)
     high = min(output["high"], np.round(np.float32(bound) / output["scale"]))
     return {
         "kernel": integers,
         "kernel_scale": scale,
-        "bias": np.clip(bias, -(2**31), 2**31 - 1).astype(np.int32),
+        "bias": np.round(bias / accumulator_scale).astype(np.int32),
         "input": dict(input),
         "output": dict(output),
         "multiplier": (accumulator_scale / output["scale"]).astype(np.float32),
@@ -227,8 +234,10 @@ def _trained_kernel(
     kernel = np.asarray(at_path(variables["params"], path)["conv"]["kernel"], np.float32)
     scale = np.asarray(kernel_scale(kernel), np.float32)
     factor = batchnorm_factor(model, variables, path)
-    integers = np.sign(factor) * np.round(kernel / scale)
-    return integers.astype(np.int8), (scale * np.abs(factor)).astype(np.float32)
+    folded_scale = (scale * np.abs(factor)).astype(np.float32)
+    dead = folded_scale == 0  # a zero BatchNorm factor: the folded channel is zero, scale 1 as for any zero channel
+    integers = np.where(dead, 0, np.sign(factor) * np.round(kernel / scale))
+    return integers.astype(np.int8), np.where(dead, np.float32(1), folded_scale)
 
 
 def quantize(x: Array, grid: Mapping[str, Any]) -> Array:

@@ -103,3 +103,19 @@ def test_the_litert_flatbuffer_carries_the_int8_model_and_each_layer_agrees(trai
                       for op, layer, ours in zip(convolutions, layers, outputs)])
     per_layer = np.mean(equal, axis=0)
     assert per_layer.min() >= MIN_WITHIN_STEP, per_layer
+
+
+def test_a_bias_beyond_its_int32_grid_coarsens_that_channel_only():
+    # Channel 0: a near-zero kernel beside a bias of 1, whose accumulator step (input step times
+    # kernel step) would put the bias past int32; channel 1 an ordinary one.
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(1, 1, 16, 2)).astype(np.float32) * np.float32([1e-9, 1.0])
+    layer = {"kernel": kernel, "bias": np.float32([1.0, 0.5])}
+    input_grid, output_grid = int8.grid_of(0.0, 4.0), int8.grid_of(0.0, 8.0)
+    quantized = int8.quantize_layer(layer, input_grid, output_grid)
+    assert np.abs(quantized["bias"]).max() <= int8.BIAS_LIMIT
+    assert quantized["kernel_scale"][1] == np.abs(kernel[..., 1]).max() / 127  # untouched
+    x = rng.uniform(0, 4, (2, 3, 3, 16)).astype(np.float32)
+    got = np.asarray(int8.int8_conv(quantized, int8.quantize(x, input_grid), 1, 1, "torch")) * output_grid["scale"]
+    want = np.maximum(np.einsum("nhwc,co->nhwo", x, kernel[0, 0]) + layer["bias"], 0)
+    assert np.abs(got - want)[..., 0].max() <= output_grid["scale"]  # the bias alone, on the output grid
