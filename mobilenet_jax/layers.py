@@ -3,7 +3,8 @@
 Each module that has more than one computational form takes an `impl` ("auto" resolves through
 `ops.backends`); every form uses the same variables, so they are interchangeable. With
 `quantization="int8"` the convolutions fake-quantize their kernel before any form computes
-with it, and `InputQuantizer` fake-quantizes the activations entering them (`ops.quantize`).
+with it, and `InputQuantizer` fake-quantizes the activations entering them, the pooling's input
+and the logits (`ops.quantize`).
 """
 
 from __future__ import annotations
@@ -148,11 +149,12 @@ class BatchNorm(nn.Module):
 
 
 class InputQuantizer(nn.Module):
-    """Fake quantization of the activations entering a layer, on the 8-bit grid of a tracked range.
+    """Fake quantization of an activation (a layer's input, the pooling's input or the logits) on
+    the 8-bit grid of a tracked range.
 
-    The range (`batch_stats` "low" and "high") is the one `export.quantize` builds the layer's
-    integer input grid from (`ops.quantize.input_grid`): a negative `low` (the image) makes it
-    signed, otherwise it is [0, high] (ReLU outputs). In train mode it follows the batch's min
+    The range (`batch_stats` "low" and "high") is the one `export.quantize` builds the tensor's
+    integer grid from (`ops.quantize.input_grid`): a negative `low` (the image, the logits)
+    makes it signed, otherwise it is [0, high] (ReLU outputs). In train mode it follows the batch's min
     and max as an exponential moving average at `momentum` (Flax convention, as BatchNorm's:
     pass the model's BatchNorm momentum, so the ranges cover the same stretch of training as the
     running statistics that are folded with them), and the batch is quantized with the updated

@@ -20,7 +20,7 @@ from mobilenet_jax.export.quantize import int8_inference_fn
 from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.export.writer import Kinds, written
 
-KINDS = Kinds("StableHLO", ("float32", "int8"), trained_ranges=True)
+KINDS = Kinds("StableHLO", ("float32", "int8"))
 
 
 def export_stablehlo(

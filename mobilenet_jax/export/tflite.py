@@ -26,7 +26,7 @@ from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.export.tflite_int8 import int8_flatbuffer
 from mobilenet_jax.export.writer import Kinds, written
 
-KINDS = Kinds("TFLite", ("float32", "float16", "dynamic_int8", "int8"), trained_ranges=True)
+KINDS = Kinds("TFLite", ("float32", "float16", "dynamic_int8", "int8"))
 
 
 def export_tflite(

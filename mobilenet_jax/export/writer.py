@@ -19,19 +19,16 @@ from mobilenet_jax.export.source import Deployable
 
 @dataclasses.dataclass(frozen=True)
 class Kinds:
-    """The kinds a format writes, `format_name` as errors name it. With `trained_ranges`, its int8
-    kind of a quantization-aware model uses the activation ranges the model trained, and needs no
-    calibration."""
+    """The kinds a format writes, `format_name` as errors name it. An "int8" kind is the int8
+    model of `quantize`: it needs calibration images unless the model is quantization-aware
+    with trained activation ranges."""
 
     format_name: str
     names: tuple[str, ...]
-    trained_ranges: bool = False
 
     def needs_calibration(self, deployable: Deployable, kind: str) -> bool:
         """Whether writing `deployable` as `kind` needs calibration images."""
-        return kind == "int8" and not (
-            self.trained_ranges and has_trained_ranges(deployable.model, deployable.variables)
-        )
+        return kind == "int8" and not has_trained_ranges(deployable.model, deployable.variables)
 
     def check(self, deployable: Deployable, kind: str, calibration: Any) -> None:
         """Raise a one-line ValueError for a kind the format lacks, or one that needs calibration
