@@ -75,7 +75,7 @@ def with_parameters(flatbuffer: bytes, int8: Mapping[str, Any]) -> bytes:
             axes, channel_axis = KERNEL_LAYOUTS[name]
             editor.set_grid(inputs[0], layer["input"])
             editor.set_kernel(inputs[1], np.transpose(layer["kernel"], axes), layer["kernel_scale"], channel_axis)
-            editor.set_bias(inputs[2], layer["bias"], layer["input"]["scale"] * layer["kernel_scale"])
+            editor.set_bias(op, layer["bias"], layer["input"]["scale"] * layer["kernel_scale"])
             editor.set_grid(outputs[0], layer["output"])
         elif name in ("SUM", "MEAN"):
             pool = int8["pool"]
@@ -87,7 +87,7 @@ def with_parameters(flatbuffer: bytes, int8: Mapping[str, Any]) -> bytes:
             layer = int8["classifier"]
             scale = (layer["kernel_scale"] / pixels).astype(np.float32)
             editor.set_kernel(inputs[1], layer["kernel"].T, scale, 0)
-            editor.set_bias(inputs[2], layer["bias"], editor.scale(inputs[0]) * scale)
+            editor.set_bias(op, layer["bias"], editor.scale(inputs[0]) * scale)
             editor.set_grid(outputs[0], layer["output"])
         elif name != "DEQUANTIZE":
             raise ValueError(f"unexpected {name} op in the int8 flatbuffer; the int8 parameters cannot be set")
@@ -148,6 +148,14 @@ class _Editor:
         self._set_data(index, np.asarray(integers, np.int8))
         self._set(index, scales, np.zeros(len(scales)), axis)
 
-    def set_bias(self, index: int, integers: np.ndarray, scales: np.ndarray) -> None:
-        self._set_data(index, np.asarray(integers, np.int32))
-        self._set(index, scales, np.zeros(len(scales)))
+    def set_bias(self, op: Any, integers: np.ndarray, scales: np.ndarray) -> None:
+        """The bias (third input) of `op`, added where the converter dropped an all-zero one."""
+        if len(op.inputs) < 3 or op.inputs[2] < 0:
+            tensor = self.schema.TensorT()
+            tensor.shape, tensor.type, tensor.name = [len(integers)], self.schema.TensorType.INT32, b"bias"
+            self.model.buffers.append(self.schema.BufferT())
+            tensor.buffer = len(self.model.buffers) - 1
+            self.graph.tensors.append(tensor)
+            op.inputs = [*list(op.inputs)[:2], len(self.graph.tensors) - 1]
+        self._set_data(op.inputs[2], np.asarray(integers, np.int32))
+        self._set(op.inputs[2], scales, np.zeros(len(scales)))

@@ -7,6 +7,7 @@ bounds are the project's promise: 99.9 % of logits within one step of the logits
 the same top-1.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from export_models import images, quantization_aware, realistic_deployable
 
-from mobilenet_jax.export import check, export, load_exported
+from mobilenet_jax.export import Deployable, check, export, load_exported
 from mobilenet_jax.export import quantize as int8
 from mobilenet_jax.export.tflite_int8 import int8_flatbuffer, zero_point
 
@@ -25,6 +26,7 @@ FORMATS = ("stablehlo", "tflite", "onnx")
 MIN_WITHIN_STEP = 0.999
 MIN_AGREEMENT = 0.995
 COUNT = 32
+EGYPTIAN_CAT = 286  # of 1001, background first
 
 
 @pytest.fixture(scope="module", params=[(32, None), (64, 16)], ids=["32", "64-output_stride_16"])
@@ -119,3 +121,58 @@ def test_a_bias_beyond_its_int32_grid_coarsens_that_channel_only():
     got = np.asarray(int8.int8_conv(quantized, int8.quantize(x, input_grid), 1, 1, "torch")) * output_grid["scale"]
     want = np.maximum(np.einsum("nhwc,co->nhwo", x, kernel[0, 0]) + layer["bias"], 0)
     assert np.abs(got - want)[..., 0].max() <= output_grid["scale"]  # the bias alone, on the output grid
+
+
+@pytest.mark.parametrize("padding,activation", [("torch", "relu"), ("same", "relu6")])
+def test_onnx_runtime_runs_every_convolution_as_an_integer_kernel(padding, activation, tmp_path):
+    # The layout transposes tf2onnx adds around the image and the pooling would leave the stem and
+    # the last convolution in float (DequantizeLinear -> Transpose -> Conv does not fuse).
+    import onnx
+    import onnxruntime
+
+    deployable = quantization_aware(realistic_deployable(0.25, 32, padding=padding, activation=activation))
+    path, optimized = str(tmp_path / "model.onnx"), str(tmp_path / "optimized.onnx")
+    export(deployable, "onnx", path, kind="int8")
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = optimized
+    onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(optimized).graph.node]
+    assert ops.count("QLinearConv") == 27 and "Conv" not in ops and ops.count("QGemm") == 1
+
+
+def test_the_real_imagenet_weights_give_the_same_integers_in_every_runtime(real_slim, tmp_path):
+    # TF-Slim's 1.0-224: relu6, "same" padding, a 7x7 pooling, 1001 classes. Calibrated on four
+    # shipped photographs (post-training), checked on two. Measured on all 20 photographs of
+    # tests/interop/test_real_weights.py: every logit equal in all three runtimes.
+    from skimage import data
+
+    from mobilenet_jax.interop.preprocessing import TF_SLIM
+
+    photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
+    batch = np.stack([TF_SLIM(photo) for photo in photos]).astype(np.float32)
+    deployable = Deployable(real_slim.model(), real_slim.variables, image_size=224, normalization="inception")
+    model, variables = int8.with_calibrated_ranges(deployable.model, deployable.variables, [batch])
+    quantized = dataclasses.replace(deployable, model=model, variables=variables)
+    expected, step = jax_int8(quantized, batch[:2])[1:]
+    assert expected[0].argmax() == EGYPTIAN_CAT
+    for format_name in ("tflite", "onnx"):
+        path = str(tmp_path / f"real.{format_name}")
+        export(quantized, format_name, path, kind="int8")
+        comparison = check.int8_comparison(expected, step, load_exported(format_name, path)(batch[:2]))
+        assert comparison["within_int8_step"] >= MIN_WITHIN_STEP and comparison["int8_agreement"] == 1.0, format_name
+
+
+def test_an_all_zero_bias_the_converter_drops_is_written_back(tmp_path):
+    # A fresh classifier's bias is zero, and the converter leaves it out of FULLY_CONNECTED; the
+    # int8 model's bias (the rounded zero, on its own scale) goes back in.
+    trained = quantization_aware(realistic_deployable(0.25, 32))
+    params = dict(trained.variables["params"])
+    params["classifier"] = {**params["classifier"], "bias": np.zeros_like(params["classifier"]["bias"])}
+    deployable = dataclasses.replace(trained, variables={**trained.variables, "params": params})
+    x = images(32, COUNT, 99)
+    _, expected, step = jax_int8(deployable, x)
+    for format_name in ("tflite", "onnx"):
+        path = str(tmp_path / f"model.{format_name}")
+        export(deployable, format_name, path, kind="int8")
+        comparison = check.int8_comparison(expected, step, load_exported(format_name, path)(x))
+        assert comparison["within_int8_step"] >= MIN_WITHIN_STEP and comparison["int8_agreement"] >= MIN_AGREEMENT
