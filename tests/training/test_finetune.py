@@ -183,7 +183,7 @@ def test_float_weights_fine_tuned_quantization_aware_start_with_fresh_ranges(con
         {**traverse_util.flatten_dict(fresh.batch_stats, sep="/"), **ranges}, sep="/"))
     state = init.start_from(fresh, loaded)
     merged = traverse_util.flatten_dict(state.batch_stats, sep="/")
-    assert len(ranges) == 28 * 3 and all(float(merged[path]) == 0.0 for path in ranges)  # untracked
+    assert len(ranges) == 30 * 3 and all(float(merged[path]) == 0.0 for path in ranges)  # untracked
     np.testing.assert_array_equal(merged["stem/bn/mean"], loaded["batch_stats"]["stem"]["bn"]["mean"])
     # And back: quantization-aware weights fine-tuned in float leave their ranges behind.
     tracked = {path: 1.0 for path in ranges}
