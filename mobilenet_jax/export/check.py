@@ -114,6 +114,7 @@ def check_exports(
         quantized = dataclasses.replace(deployable, model=model, variables=variables)
         int8 = int8_model(model, variables)
         int8_logits = np.asarray(jax.jit(functools.partial(int8_forward, model, int8))(images))
+        int8_step = float(output_grid(int8)["scale"])
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for format_name, kind in exports:
@@ -123,8 +124,7 @@ def check_exports(
             expected = reference if "int8" in kind else float_reference
             result = fidelity(format_name, kind, expected, outputs, labels)
             if kind == "int8":
-                step = output_grid(int8)["scale"]
-                result = dataclasses.replace(result, **int8_comparison(int8_logits, float(step), outputs))
+                result = dataclasses.replace(result, **int8_comparison(int8_logits, int8_step, outputs))
             results.append(result)
     return results
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mobilenet_jax.layers import ACTIVATIONS
+from mobilenet_jax.layers import ACTIVATIONS, identity
 from mobilenet_jax.ops.conv import conv_padding
 from mobilenet_jax.model import BLOCKS, MobileNetV1, block_geometry, check_input
 
@@ -119,7 +119,7 @@ def folded_forward(
     which apply the activation themselves (`activation=None`).
     """
     check_input(images)
-    act = (lambda x: x) if activation is None else ACTIVATIONS[activation]
+    act = identity if activation is None else ACTIVATIONS[activation]
     x = act(conv(params["stem"], images, 2, 1, padding, 1))
     for index, (stride, dilation) in enumerate(block_geometry(output_stride), start=1):
         block = params[f"block{index}"]

@@ -19,11 +19,11 @@ from typing import Iterable
 import numpy as np
 from etils import epath
 
+from mobilenet_jax.export.onnx_int8 import integer_graph
 from mobilenet_jax.export.quantize import int8_model, output_grid
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.source import Deployable
 from mobilenet_jax.export.tflite import export_tflite
-from mobilenet_jax.export.onnx_int8 import integer_graph
 from mobilenet_jax.export.tflite_int8 import int8_flatbuffer
 from mobilenet_jax.export.writer import Kinds, written
 

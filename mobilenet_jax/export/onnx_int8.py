@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mobilenet_jax.export.runtime import require
-from mobilenet_jax.export.tflite_int8 import zero_point
+from mobilenet_jax.export.quantize import zero_point
 
 
 def integer_graph(model: Any, image: Mapping[str, Any], output: Mapping[str, Any]) -> None:

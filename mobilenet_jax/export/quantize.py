@@ -188,6 +188,11 @@ def grid_of(low: Any, high: Any) -> dict[str, np.ndarray]:
     return {"scale": np.float32(scale), "low": np.int32(lowest), "high": np.int32(highest)}
 
 
+def zero_point(grid: Mapping[str, Any]) -> int:
+    """The int8 zero point of a grid: -128 for [0, 255] (ReLU outputs), 0 for [-128, 127] (signed)."""
+    return -128 if int(grid["low"]) == 0 else 0
+
+
 def quantize_layer(
     layer: Layer,
     input: Mapping[str, np.ndarray],

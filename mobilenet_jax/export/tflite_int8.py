@@ -1,7 +1,7 @@
 """LiteRT full-integer flatbuffers that carry the int8 model's own parameters (`quantize`).
 
 The converter legalises the folded float model into int8 builtin ops (CONV_2D,
-DEPTHWISE_CONV_2D, PAD, SUM or MEAN, FULLY_CONNECTED). It emits a full-integer graph only from a
+DEPTHWISE_CONV_2D, PAD, SUM or MEAN, FULLY_CONNECTED), int8 in and out. It emits a full-integer graph only from a
 representative dataset, so it gets a few images on the image grid's range, and then every
 quantization parameter it derived from them is replaced: each activation tensor gets the scale
 and zero point of its grid in the int8 model, each kernel the int8 model's integers and
@@ -16,6 +16,8 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from mobilenet_jax.export.folding import at_path
+from mobilenet_jax.export.quantize import UNITS, zero_point
 from mobilenet_jax.export.runtime import require
 from mobilenet_jax.export.savedmodel import tf_function
 from mobilenet_jax.export.source import Deployable
@@ -25,21 +27,16 @@ REPRESENTATIVE_IMAGES = 2
 KERNEL_LAYOUTS = {"CONV_2D": ((3, 0, 1, 2), 0), "DEPTHWISE_CONV_2D": ((2, 0, 1, 3), 3)}  # (axes, channel axis)
 
 
-def int8_flatbuffer(
-    deployable: Deployable, int8: Mapping[str, Any], *, batch_size: int | None = 1, integer_io: bool = True
-) -> bytes:
-    """The LiteRT full-integer flatbuffer of `deployable` computing the int8 model `int8`.
-
-    With `integer_io` the input and output tensors are int8 (on the image and logits grids);
-    otherwise float32, quantized and dequantized inside the graph.
-    """
+def int8_flatbuffer(deployable: Deployable, int8: Mapping[str, Any], *, batch_size: int | None = 1) -> bytes:
+    """The LiteRT full-integer flatbuffer of `deployable` computing the int8 model `int8`, its
+    input and output int8 on the image and logits grids."""
     tf = require("tensorflow")
     forward = tf_function(deployable, batch_size)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], forward)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: _images_on_the_grid(deployable.image_size, int8["image"])
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8 if integer_io else tf.float32
+    converter.inference_input_type = converter.inference_output_type = tf.int8
     return with_parameters(converter.convert(), int8)
 
 
@@ -58,7 +55,7 @@ def with_parameters(flatbuffer: bytes, int8: Mapping[str, Any]) -> bytes:
     utils = require("tensorflow.lite.tools.flatbuffer_utils")
     model = utils.read_model_from_bytearray(bytearray(flatbuffer))
     graph = model.subgraphs[0]
-    layers = iter(_layers_in_order(int8))
+    layers = iter([at_path(int8, unit) for unit in UNITS])
     pixels = np.float32(1)  # what the pooling op sums over: the classifier's kernel scales divide by it
     editor = _Editor(model, graph)
     for index in graph.inputs:
@@ -66,9 +63,7 @@ def with_parameters(flatbuffer: bytes, int8: Mapping[str, Any]) -> bytes:
     for op in graph.operators:
         name = utils.opcode_to_name(model, op.opcodeIndex)
         inputs, outputs = list(op.inputs), list(op.outputs)
-        if name == "QUANTIZE" and editor.is_float(inputs[0]):
-            editor.set_grid(outputs[0], int8["image"])
-        elif name in ("PAD", "RESHAPE"):
+        if name in ("PAD", "RESHAPE"):
             editor.copy_quantization(inputs[0], outputs[0])
         elif name in KERNEL_LAYOUTS:
             layer = next(layers)
@@ -89,22 +84,11 @@ def with_parameters(flatbuffer: bytes, int8: Mapping[str, Any]) -> bytes:
             editor.set_kernel(inputs[1], layer["kernel"].T, scale, 0)
             editor.set_bias(op, layer["bias"], editor.scale(inputs[0]) * scale)
             editor.set_grid(outputs[0], layer["output"])
-        elif name != "DEQUANTIZE":
+        else:
             raise ValueError(f"unexpected {name} op in the int8 flatbuffer; the int8 parameters cannot be set")
     if next(layers, None) is not None:
         raise ValueError("the int8 flatbuffer has fewer convolutions than the model")
     return bytes(utils.convert_object_to_bytearray(model))
-
-
-def _layers_in_order(int8: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """The int8 model's convolutions in the order of the forward pass."""
-    blocks = sorted((key for key in int8 if key.startswith("block")), key=lambda key: int(key[5:]))
-    return [int8["stem"], *(int8[key][part] for key in blocks for part in ("depthwise", "pointwise"))]
-
-
-def zero_point(grid: Mapping[str, Any]) -> int:
-    """The int8 zero point of a grid: -128 for [0, 255] (ReLU outputs), 0 for [-128, 127] (signed)."""
-    return -128 if int(grid["low"]) == 0 else 0
 
 
 class _Editor:
@@ -113,9 +97,6 @@ class _Editor:
     def __init__(self, model: Any, graph: Any) -> None:
         self.model, self.graph = model, graph
         self.schema = require("tensorflow.lite.python.schema_py_generated")
-
-    def is_float(self, index: int) -> bool:
-        return self.graph.tensors[index].type == self.schema.TensorType.FLOAT32
 
     def scale(self, index: int) -> np.float32:
         return np.float32(self.graph.tensors[index].quantization.scale[0])

@@ -17,7 +17,7 @@ from export_models import images, quantization_aware, realistic_deployable
 
 from mobilenet_jax.export import Deployable, check, export, load_exported
 from mobilenet_jax.export import quantize as int8
-from mobilenet_jax.export.tflite_int8 import int8_flatbuffer, zero_point
+from mobilenet_jax.export.tflite_int8 import int8_flatbuffer
 
 pytest.importorskip("ai_edge_litert")
 pytest.importorskip("tf2onnx")
@@ -79,7 +79,7 @@ def test_the_litert_flatbuffer_carries_the_int8_model_and_each_layer_agrees(trai
     assert source["quantization"] == (spec["image"]["scale"], 0)
     assert target["quantization"] == (spec["classifier"]["output"]["scale"], 0)
     convolutions = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]
-    layers = [spec["stem"]] + [spec[f"block{i}"][part] for i in range(1, 14) for part in ("depthwise", "pointwise")]
+    layers = [int8.at_path(spec, unit) for unit in int8.UNITS]
     assert len(convolutions) == len(layers) == 27
     details = {detail["index"]: detail for detail in interpreter.get_tensor_details()}
     for op, layer in zip(convolutions, layers):
@@ -100,9 +100,9 @@ def test_the_litert_flatbuffer_carries_the_int8_model_and_each_layer_agrees(trai
         interpreter.allocate_tensors()
         interpreter.set_tensor(source["index"], np.asarray(int8.quantize(x[index:index + 1], spec["image"]), np.int8))
         interpreter.invoke()
-        equal.append([np.mean(interpreter.get_tensor(op["outputs"][0]).astype(np.int32) - zero_point(layer["output"])
-                              == np.asarray(ours[index:index + 1]))
-                      for op, layer, ours in zip(convolutions, layers, outputs)])
+        runtime = [interpreter.get_tensor(op["outputs"][0]).astype(np.int32) - int8.zero_point(layer["output"])
+                   for op, layer in zip(convolutions, layers)]
+        equal.append([np.mean(got == np.asarray(ours[index:index + 1])) for got, ours in zip(runtime, outputs)])
     per_layer = np.mean(equal, axis=0)
     assert per_layer.min() >= MIN_WITHIN_STEP, per_layer
 
